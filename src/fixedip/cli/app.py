@@ -1,0 +1,32 @@
+"""Top-level typer application: wires the command groups together."""
+
+from __future__ import annotations
+
+import typer
+
+from fixedip import __version__
+from fixedip.cli import config as config_cmd
+from fixedip.cli import serve as serve_cmd
+from fixedip.cli import token as token_cmd
+
+app = typer.Typer(
+    name="fixedip",
+    help=(
+        "A fixed, allowlistable egress IP for code that has none.\n\n"
+        "Run `fixedip serve` for the offline demo, or `fixedip config example > fixedip.toml` "
+        "to start a real configuration."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("serve")(serve_cmd.serve)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(token_cmd.app, name="token")
+
+
+@app.command()
+def version() -> None:
+    """Print the fixedip version."""
+    typer.echo(__version__)

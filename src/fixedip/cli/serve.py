@@ -1,0 +1,84 @@
+"""`fixedip serve`: run the gateway in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fixedip.cli.config import load_or_exit
+from fixedip.config import EMBEDDED_DEFAULT
+
+log = logging.getLogger("fixedip")
+
+
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="TOML configuration file. Without it, the embedded offline demo runs.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Run the gateway until SIGTERM / Ctrl-C (drains in-flight work first).
+
+    SIGHUP reloads the configuration file; a bad file is refused and the running one kept.
+    """
+    cfg = load_or_exit(config)
+    logging.basicConfig(
+        level=cfg.log.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    from fixedip.gateway.server import Gateway, StartupError, run
+
+    def announce(gateway: Gateway) -> None:
+        addrs = gateway.addresses()
+        source = cfg.source if cfg.source != EMBEDDED_DEFAULT else "the embedded demo configuration"
+        lines = [f"fixedip {_version()} serving {source}"]
+        for name in ("http", "socks", "admin", "echo"):
+            if name in addrs:
+                host, port = addrs[name]
+                what = {
+                    "http": "HTTP proxy + CONNECT",
+                    "socks": "SOCKS5",
+                    "admin": "admin API",
+                    "echo": "demo echo vendor",
+                }[name]
+                lines.append(f"  {what:22} {host}:{port}")
+        ips = ", ".join(str(ip.seen_as) for ip in cfg.egress.ips)
+        lines.append(f"  egress IPs             {ips} ({cfg.egress.strategy})")
+        if "echo" in addrs and "http" in addrs:
+            eh, ep = addrs["echo"]
+            ph, pp = addrs["http"]
+            lines.append("try it:")
+            lines.append(f"  curl -x http://demo:demo@{ph}:{pp} http://{eh}:{ep}/")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+    try:
+        status = runner(run(cfg, str(config) if config else None, announce))
+    except StartupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        status = 0
+    raise typer.Exit(status)
+
+
+def _version() -> str:
+    from fixedip import __version__
+
+    return __version__

@@ -1,0 +1,379 @@
+"""The one typed, frozen configuration object and its loader.
+
+Every part of fixedip reads a `Config`. Loading never raises anything but `ConfigError`,
+whose message names the file, the key path and what was expected, so the CLI can print
+it and exit 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from fixedip.policy import rules as rules_mod
+from fixedip.policy import tokens
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+EMBEDDED_DEFAULT = "<embedded default>"
+
+# Sections of the public contract that later work implements; until then a file that
+# uses them is refused by name rather than silently ignored.
+NOT_SUPPORTED_YET = {
+    "tls": "the TLS listener",
+    "destinations": "per-destination identity management",
+    "routes": "route mode",
+    "fleet": "the fleet",
+    "ingress": "the webhook relay",
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the operator; `str()` is the whole message."""
+
+
+class Endpoint(BaseModel):
+    """A `host:port` listen or server address (`[v6]:port` for IPv6)."""
+
+    model_config = ConfigDict(frozen=True)
+    host: IPAddress
+    port: int
+
+    def __str__(self) -> str:
+        if self.host.version == 6:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+_ENDPOINT_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<v4>[0-9.]+)):(?P<port>[0-9]{1,5})$")
+
+
+def _parse_endpoint(value: Any) -> Any:
+    if isinstance(value, Endpoint | dict):
+        return value
+    if not isinstance(value, str):
+        raise ValueError('expected a string "address:port", e.g. "127.0.0.1:3128"')
+    m = _ENDPOINT_RE.match(value.strip())
+    if not m:
+        raise ValueError(
+            f'expected "address:port" with a numeric IP address, e.g. "127.0.0.1:3128" '
+            f'or "[::1]:3128", got "{value}"'
+        )
+    try:
+        host = ipaddress.ip_address(m["v6"] or m["v4"])
+    except ValueError:
+        raise ValueError(f'"{value}" does not hold a valid IP address') from None
+    port = int(m["port"])
+    if not 0 <= port <= 65535:
+        raise ValueError(f'port in "{value}" must be between 0 (any free port) and 65535')
+    return {"host": host, "port": port}
+
+
+EndpointField = Annotated[
+    Endpoint, BeforeValidator(_parse_endpoint), PlainSerializer(str, return_type=str)
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Section):
+    http: EndpointField | None = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=3128)
+    socks: EndpointField | None = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=1080)
+    admin: EndpointField | None = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=9090)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _https_not_yet(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "https" in data:
+            raise ValueError("listen.https is not supported yet (the TLS listener comes later)")
+        return data
+
+
+class EgressIP(_Section):
+    """An address to bind; `public` is the address the internet sees when a cloud 1:1-NATs it."""
+
+    bind: IPAddress
+    public: IPAddress | None = None
+
+    @property
+    def seen_as(self) -> IPAddress:
+        return self.public or self.bind
+
+
+def _parse_egress_ip(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"bind": value}
+    return value
+
+
+class EgressConfig(_Section):
+    ips: list[Annotated[EgressIP, BeforeValidator(_parse_egress_ip)]] = Field(min_length=1)
+    strategy: Literal["pinned", "round-robin", "failover"] = "round-robin"
+    health_check_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _unique(self) -> EgressConfig:
+        seen: set[IPAddress] = set()
+        for ip in self.ips:
+            if ip.bind in seen:
+                raise ValueError(f"egress address {ip.bind} is listed twice")
+            seen.add(ip.bind)
+        return self
+
+
+class DnsConfig(_Section):
+    servers: list[EndpointField] = []
+
+    @field_validator("servers")
+    @classmethod
+    def _server_ports(cls, v: list[Endpoint]) -> list[Endpoint]:
+        for server in v:
+            if server.port == 0:
+                raise ValueError(f"{server}: a DNS server needs a port, e.g. 53")
+        return v
+
+    timeout_s: float = Field(default=3.0, gt=0, le=60)
+    cache_size: int = Field(default=10_000, ge=0)
+    max_ttl_s: int = Field(default=300, ge=0)
+
+
+class GuardConfig(_Section):
+    allow_cidrs: list[IPNetwork] = []
+
+
+class LogConfig(_Section):
+    flow: str | None = "flow.jsonl"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TimeoutsConfig(_Section):
+    connect_s: float = Field(default=10.0, gt=0, le=300)
+    header_s: float = Field(default=10.0, gt=0, le=300)
+    idle_s: float = Field(default=60.0, gt=0)
+    upstream_idle_s: float = Field(default=30.0, gt=0)
+    tunnel_idle_s: float = Field(default=3600.0, gt=0)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+
+class LimitsConfig(_Section):
+    max_header_bytes: int = Field(default=65536, ge=1024, le=1 << 20)
+    max_connections: int = Field(default=10_000, ge=1)
+    pool_per_destination: int = Field(default=32, ge=0)
+
+
+_CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ClientConfig(_Section):
+    name: str
+    token_hash: list[str]
+    source_cidrs: list[IPNetwork] = [
+        ipaddress.ip_network("0.0.0.0/0"),
+        ipaddress.ip_network("::/0"),
+    ]
+    allow: list[str] = []
+    deny: list[str] = []
+    connect_ports: list[Annotated[int, Field(ge=1, le=65535)]] = [443]
+    egress: IPAddress | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _CLIENT_NAME_RE.match(v):
+            raise ValueError(
+                "expected 1-64 characters of letters, digits, '.', '_' or '-' "
+                "(it is the user name in Proxy-Authorization, so no ':')"
+            )
+        return v
+
+    @field_validator("token_hash", mode="before")
+    @classmethod
+    def _token_hash(cls, v: Any) -> Any:
+        values = [v] if isinstance(v, str) else v
+        if not isinstance(values, list) or not values:
+            raise ValueError("expected a hash from `fixedip token hash`, or a list of them")
+        for item in values:
+            if not isinstance(item, str) or not tokens.is_token_hash(item):
+                raise ValueError(
+                    "expected the output of `fixedip token hash` (scrypt$...); "
+                    "never put the token itself in the file"
+                )
+        return values
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _rules(cls, v: list[str]) -> list[str]:
+        for i, text in enumerate(v):
+            try:
+                rules_mod.parse_rule(text)
+            except ValueError as exc:
+                raise ValueError(f"rule {i + 1} ({text!r}): {exc}") from None
+        return v
+
+
+class DemoConfig(_Section):
+    """The offline demo's echo vendor; only the embedded default sets it."""
+
+    echo: EndpointField | None = None
+
+
+class Config(_Section):
+    listen: ListenConfig = ListenConfig()
+    egress: EgressConfig
+    dns: DnsConfig = DnsConfig()
+    guard: GuardConfig = GuardConfig()
+    log: LogConfig = LogConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    clients: list[ClientConfig] = []
+    demo: DemoConfig = DemoConfig()
+    source: str = EMBEDDED_DEFAULT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_not_yet(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key, what in NOT_SUPPORTED_YET.items():
+                if key in data:
+                    raise ValueError(f"[{key}] ({what}) is not supported yet")
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if not any((self.listen.http, self.listen.socks)):
+            raise ValueError("listen: set at least one of http or socks")
+        names = [c.name for c in self.clients]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"clients: the name {name!r} is used twice")
+        pool = {ip.bind for ip in self.egress.ips} | {ip.seen_as for ip in self.egress.ips}
+        for i, client in enumerate(self.clients):
+            if client.egress is not None and client.egress not in pool:
+                raise ValueError(
+                    f"clients[{i}].egress: {client.egress} is not one of egress.ips "
+                    f"({', '.join(str(ip.bind) for ip in self.egress.ips)})"
+                )
+        return self
+
+    def client(self, name: str) -> ClientConfig | None:
+        for c in self.clients:
+            if c.name == name:
+                return c
+        return None
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "union[")) or part in {"str", "list[str]"}:
+            continue  # pydantic's validator labels, not keys
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    kind = err.get("type", "")
+    msg = str(err.get("msg", ""))
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; `fixedip config example` lists every key)"
+    if kind == "missing":
+        return "required key is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if msg.startswith("Assertion failed, "):
+        msg = msg[len("Assertion failed, ") :]
+    return msg
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    seen = set()
+    for err in exc.errors():
+        loc = tuple(p for p in err.get("loc", ()) if p != "source")
+        line = f"{source}: {_key_path(loc)}: {_describe(err)}"
+        if line not in seen:
+            seen.add(line)
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def parse(text: str, source: str) -> Config:
+    """Build a Config from TOML text; `source` names the file in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return from_mapping(data, source)
+
+
+def from_mapping(data: Mapping[str, Any], source: str) -> Config:
+    if "source" in data:
+        raise ConfigError(f"{source}: source: unknown key")
+    try:
+        return Config.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load(path: str | Path | None) -> Config:
+    """Load a file, or the embedded default demo configuration when `path` is None."""
+    if path is None:
+        return parse(embedded_text("default.toml"), EMBEDDED_DEFAULT)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, expected a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"{p}: permission denied") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    return parse(text, str(p))
+
+
+def embedded_text(name: str) -> str:
+    """A TOML file shipped inside the package (`default.toml`, `example.toml`)."""
+    return resources.files("fixedip").joinpath(name).read_text(encoding="utf-8")
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, with secrets replaced."""
+    data = config.model_dump(mode="json", exclude={"source"})
+    for client in data.get("clients", []):
+        client["token_hash"] = [tokens.redact_hash(h) for h in client.get("token_hash", [])]
+    if not data["demo"]["echo"]:
+        data.pop("demo")
+    stripped: dict[str, Any] = _strip_none(data)
+    return stripped
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_none(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""fixedip.gateway."""

@@ -1,0 +1,517 @@
+"""The HTTP listener: absolute-form forwarding with keep-alive both ways, CONNECT tunnels,
+and the few origin-form paths a client may ask the gateway itself (/whoami, /egress).
+
+One request at a time per connection: while a request is being dialed or answered,
+further (pipelined) events wait in a queue and reading from the client is paused, so
+the queue never holds more than one read. Bodies are re-framed on the way through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from typing import TYPE_CHECKING
+
+from fixedip.config import ClientConfig
+from fixedip.gateway.runtime import Dialed, Refused, dial
+from fixedip.gateway.session import MAX_EARLY_BYTES, ClientSession
+from fixedip.policy.auth import Credentials, parse_basic
+from fixedip.policy.decision import Decision, Reason
+from fixedip.proto import http1
+from fixedip.proto.http1 import (
+    Body,
+    EndOfMessage,
+    Event,
+    ProtocolError,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+    Upgrade,
+)
+
+if TYPE_CHECKING:
+    from fixedip.gateway.server import Gateway
+
+IDLE, DIALING, FORWARDING, TUNNEL = range(4)
+
+_PROXY_AUTHENTICATE = (b"Proxy-Authenticate", b'Basic realm="fixedip", charset="UTF-8"')
+_LOCAL_PATHS = (b"/whoami", b"/egress")
+
+
+class HttpProxySession(ClientSession):
+    listener = "http"
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(gateway)
+        config = gateway.runtime.config
+        self.parser = RequestParser(config.limits.max_header_bytes)
+        self.queue: deque[Event] = deque()
+        self.state = IDLE
+        self.head: RequestHead | None = None
+        self.dial_task: asyncio.Task[None] | None = None
+        self.early: list[bytes] = []
+        self.early_bytes = 0
+        self.close_after = False
+        self.skipping = False
+        # current exchange
+        self.req_done = False
+        self.resp_done = False
+        self.resp_chunked = False
+        self.resp_started = False
+        self.upstream_reusable = False
+        self.resp_head_method = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self.closed:
+            self.arm(self.gw.runtime.config.timeouts.header_s, "header")
+
+    def refuse_capacity(self) -> None:
+        self.send_error(
+            Decision(Reason.SHUTTING_DOWN if self.gw.draining else Reason.EGRESS_UNAVAILABLE),
+            "the gateway is at its connection limit; retry shortly",
+            close=True,
+            retry_after=1,
+        )
+
+    @property
+    def idle(self) -> bool:
+        return self.state == IDLE and not self.queue and not self.parser.head_in_progress
+
+    # client bytes ------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.state == TUNNEL:
+            self.tunnel_data(data)
+            return
+        if self.parser_upgraded:
+            # CONNECT being dialed: these bytes belong to the tunnel once it opens.
+            self.early.append(data)
+            self.early_bytes += len(data)
+            if self.early_bytes > MAX_EARLY_BYTES:
+                self.pause("early")
+            return
+        if self.state == IDLE and not self.queue:
+            self.arm(self.gw.runtime.config.timeouts.header_s, "header")
+        else:
+            self.touch(self.gw.runtime.config.timeouts.idle_s)
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as exc:
+            self.protocol_error(exc)
+            return
+        if events:
+            self.queue.extend(events)
+            self.pump()
+
+    @property
+    def parser_upgraded(self) -> bool:
+        return self.parser._upgraded
+
+    def pump(self) -> None:
+        queue = self.queue
+        while queue and not self.closed:
+            event = queue[0]
+            if self.state == IDLE:
+                queue.popleft()
+                if isinstance(event, RequestHead):
+                    self.start(event)
+                    continue
+                if isinstance(event, EndOfMessage):
+                    self.skipping = False
+                # Body of a refused request, or the Upgrade after a refused CONNECT: dropped.
+                continue
+            if self.state == FORWARDING:
+                queue.popleft()
+                if isinstance(event, Body):
+                    self.forward_body(event.data)
+                elif isinstance(event, EndOfMessage):
+                    self.request_ended()
+                continue
+            break  # DIALING / waiting for the response: the rest waits
+        if queue and self.state != IDLE:
+            self.pause("busy")
+
+    def on_timeout(self, reason: str) -> None:
+        if reason == "header" and self.state == IDLE and self.parser.head_in_progress:
+            self.transport_write(
+                http1.simple_response(408, b"request head timed out\n", close=True)
+            )
+            self.close()
+        else:
+            self.abort() if not self.idle else self.close()
+
+    # one request -------------------------------------------------------------------
+    def start(self, head: RequestHead) -> None:
+        self.head = head
+        self.req_done = self.resp_done = self.resp_started = False
+        self.upstream_reusable = False
+        kind = "connect" if head.method == "CONNECT" else "http"
+        if head.target.startswith(b"/"):
+            kind = "local"
+        self.new_record(kind, head.method)
+        self.state = DIALING
+        self.pause("dial")
+        self.arm(self.gw.runtime.config.timeouts.idle_s, "exchange")
+        if self.gw.draining:
+            self.close_after = True
+        self.dial_task = self.loop.create_task(self.handle(head))
+
+    async def handle(self, head: RequestHead) -> None:
+        rt = self.gw.runtime
+        record = self.record
+        assert record is not None
+        try:
+            client, decision = rt.auth.check(self.auth_credentials(head), self.peer_ip)
+            if client is not None:
+                record.client = client.name
+            if head.method == "CONNECT":
+                target = http1.parse_connect_target(head.target)
+            elif head.target.startswith(b"/"):
+                self.local_request(head, client, decision)
+                return
+            else:
+                target = http1.parse_absolute_target(head.target)
+                self.check_host_header(head, target)
+            record.host, record.port = target.host, target.port
+            if not decision.allowed:
+                raise Refused(decision)
+            assert client is not None
+            dialed = await dial(
+                rt,
+                self.gw.resolver,
+                self.gw.upstreams,
+                self.gw.metrics,
+                client,
+                target.host,
+                target.port,
+                target.is_ip,
+                tunnel=head.method == "CONNECT",
+            )
+        except ProtocolError as exc:
+            self.protocol_error(exc)
+            return
+        except Refused as exc:
+            self.refused(exc.decision, exc.detail)
+            return
+        if self.closed:
+            dialed.upstream.close() if dialed.reused else dialed.upstream.abort()
+            return
+        record.resolved = str(dialed.address)
+        record.egress, record.egress_public = str(dialed.egress.bind), str(dialed.egress.public)
+        record.rule = dialed.rule
+        if head.method == "CONNECT":
+            self.open_tunnel(dialed)
+        else:
+            self.send_request(head, target, dialed)
+
+    def auth_credentials(self, head: RequestHead) -> Credentials | None:
+        value = head.get(b"proxy-authorization")
+        return parse_basic(value) if value is not None else None
+
+    def check_host_header(self, head: RequestHead, target: http1.Target) -> None:
+        host = head.get(b"host")
+        if host is None:
+            return
+        h, _, port = http1.parse_authority(host, target.port)
+        if h != target.host or port != target.port:
+            raise ProtocolError(400, "Host header disagrees with the request target")
+
+    def open_tunnel(self, dialed: Dialed) -> None:
+        assert self.record is not None
+        leftover = b""
+        while self.queue:
+            event = self.queue.popleft()
+            if isinstance(event, Upgrade):
+                leftover = event.leftover
+        early = leftover + b"".join(self.early)
+        self.early.clear()
+        self.transport_write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.record.status = 200
+        self.state = TUNNEL
+        self.start_tunnel(dialed.upstream, early)
+        self.resume("dial")
+        self.resume("early")
+        self.resume("busy")
+
+    def send_request(self, head: RequestHead, target: http1.Target, dialed: Dialed) -> None:
+        up = dialed.upstream
+        self.upstream = up
+        up.sink = self
+        if up.parser is None:
+            up.parser = http1.ResponseParser(self.gw.runtime.config.limits.max_header_bytes)
+        up.parser.expect(head.method)
+        self.resp_head_method = head.method
+        headers = http1.end_to_end(head.headers)
+        if head.get(b"host") is None:
+            authority = target.authority if target.port != 80 else target.authority[: -len(":80")]
+            headers.insert(0, (b"Host", authority.encode()))
+        if head.chunked:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        elif head.content_length is not None:
+            headers.append((b"Content-Length", str(head.content_length).encode()))
+        line = b"%s %s HTTP/1.1" % (head.method.encode(), target.path)
+        up.write(http1.serialize_head(line, headers))
+        if self._writing_paused and up.transport is not None:
+            up.transport.pause_reading()
+        self.state = FORWARDING
+        self.resume("dial")
+        self.pump()
+        if self.state == FORWARDING:
+            self.resume("busy")
+
+    def forward_body(self, data: bytes) -> None:
+        if self.record is not None:
+            self.record.bytes_up += len(data)
+        up = self.upstream
+        if up is None:
+            return
+        assert self.head is not None
+        up.write(http1.chunk(data) if self.head.chunked else data)
+
+    def request_ended(self) -> None:
+        assert self.head is not None
+        if self.head.chunked and self.upstream is not None:
+            self.upstream.write(http1.LAST_CHUNK)
+        self.req_done = True
+        self.state = DIALING  # waiting for the response; further events wait
+        self.maybe_complete()
+
+    # upstream → client -------------------------------------------------------------
+    def upstream_data(self, data: bytes) -> None:
+        if self.tunnel:
+            super().upstream_data(data)
+            return
+        up = self.upstream
+        if up is None or up.parser is None:
+            return
+        self.touch(self.gw.runtime.config.timeouts.idle_s)
+        try:
+            events = up.parser.feed(data)
+        except ProtocolError as exc:
+            self.upstream_broken(Reason.UPSTREAM_BAD_RESPONSE, exc.message)
+            return
+        self.response_events(events)
+
+    def response_events(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Body):
+                if self.record is not None:
+                    self.record.bytes_down += len(event.data)
+                self.transport_write(http1.chunk(event.data) if self.resp_chunked else event.data)
+            elif isinstance(event, ResponseHead):
+                self.response_head(event)
+            elif isinstance(event, EndOfMessage):
+                if not self.resp_started:
+                    continue  # end of a 1xx interim response
+                if self.resp_chunked:
+                    self.transport_write(http1.LAST_CHUNK)
+                self.resp_done = True
+                self.maybe_complete()
+
+    def response_head(self, resp: ResponseHead) -> None:
+        assert self.head is not None
+        if 100 <= resp.status < 200:
+            if resp.status == 100 and self.head.version == "1.1":
+                self.transport_write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        self.resp_started = True
+        if self.record is not None:
+            self.record.status = resp.status
+        headers = http1.end_to_end(resp.headers)
+        bodiless = self.resp_head_method == "HEAD" or resp.status in (204, 304)
+        self.resp_chunked = False
+        up_parser = self.upstream.parser if self.upstream else None
+        close_delimited = bool(up_parser and up_parser.close_delimited)
+        if bodiless:
+            if resp.content_length is not None:
+                headers.append((b"Content-Length", str(resp.content_length).encode()))
+        elif resp.content_length is not None and not resp.chunked:
+            headers.append((b"Content-Length", str(resp.content_length).encode()))
+        elif self.head.version == "1.1":
+            headers.append((b"Transfer-Encoding", b"chunked"))
+            self.resp_chunked = True
+        else:
+            self.close_after = True  # HTTP/1.0 client, unknown length: end by closing
+        self.upstream_reusable = resp.keep_alive and not close_delimited
+        if not self.head.keep_alive or self.gw.draining:
+            self.close_after = True
+        if self.close_after:
+            headers.append((b"Connection", b"close"))
+        elif self.head.version == "1.0":
+            headers.append((b"Connection", b"keep-alive"))
+        line = b"HTTP/1.1 %d %s" % (resp.status, resp.reason or b"-")
+        self.transport_write(http1.serialize_head(line, headers))
+
+    def upstream_eof(self) -> None:
+        if self.tunnel:
+            super().upstream_eof()
+            return
+        up = self.upstream
+        if up is None or up.parser is None:
+            return
+        self.upstream_reusable = False
+        events = up.parser.feed_eof()
+        self.response_events(events)
+        if not self.resp_done:
+            self.upstream_broken(
+                Reason.UPSTREAM_CLOSED, "upstream closed before the response ended"
+            )
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.tunnel:
+            super().upstream_lost(exc)
+            return
+        if self.upstream is None:
+            return
+        if not self.resp_done:
+            self.upstream_reusable = False
+            self.upstream_broken(Reason.UPSTREAM_CLOSED, "upstream connection lost")
+        self.upstream = None
+
+    def upstream_broken(self, reason: Reason, detail: str) -> None:
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.abort()
+        if self.resp_started:
+            # Part of the response is out: the only honest signal left is to cut.
+            self.finish_record(reason)
+            self.abort()
+        else:
+            self.refused(Decision(reason), detail, force_close=True)
+
+    def maybe_complete(self) -> None:
+        if not self.resp_done:
+            return
+        if not self.req_done:
+            # The upstream answered before the request body ended: we cannot resync.
+            self.close_after = True
+            self.upstream_reusable = False
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            if self.upstream_reusable and self.req_done:
+                self.gw.upstreams.give(up)
+            else:
+                up.close()
+        self.finish_record()
+        self.end_exchange()
+
+    def end_exchange(self) -> None:
+        self.head = None
+        self.state = IDLE
+        if self.close_after or self.gw.draining:
+            self.close()
+            return
+        self.arm(self.gw.runtime.config.timeouts.idle_s, "idle")
+        self.resume("dial")
+        self.resume("busy")
+        self.pump()
+
+    # answers the gateway gives itself --------------------------------------------
+    def transport_write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def protocol_error(self, exc: ProtocolError) -> None:
+        if self.record is None:
+            self.new_record("http", None)
+        self.send_error(Decision(Reason.BAD_REQUEST), exc.message, status=exc.status, close=True)
+
+    def refused(self, decision: Decision, detail: str = "", force_close: bool = False) -> None:
+        head = self.head
+        close = (
+            force_close or head is None or head.method == "CONNECT" or not self._request_complete()
+        )
+        self.send_error(decision, detail, close=close)
+
+    def _request_complete(self) -> bool:
+        """True if the refused request's body is already in the queue (keep-alive is safe)."""
+        head = self.head
+        if head is None:
+            return False
+        if not head.has_body:
+            return True
+        return any(isinstance(e, EndOfMessage) for e in self.queue)
+
+    def send_error(
+        self,
+        decision: Decision,
+        detail: str,
+        *,
+        status: int | None = None,
+        close: bool,
+        retry_after: int | None = None,
+    ) -> None:
+        status = status or decision.http_status
+        extra = [(b"Proxy-Status", decision.proxy_status().encode())]
+        if status == 407:
+            extra.append(_PROXY_AUTHENTICATE)
+        if retry_after is not None:
+            extra.append((b"Retry-After", str(retry_after).encode()))
+        message = _message(decision, status)
+        self.transport_write(
+            http1.simple_response(status, message, extra=extra, close=close or self.close_after)
+        )
+        if self.record is not None:
+            self.record.status = status
+        self.finish_record(decision.reason, decision.rule)
+        if close or self.close_after:
+            self.close()
+            return
+        self.skipping = True
+        self.end_exchange()
+
+    def local_request(
+        self, head: RequestHead, client: ClientConfig | None, decision: Decision
+    ) -> None:
+        """Origin-form: /whoami and /egress for authenticated clients; anything else is 400."""
+        path = head.target.split(b"?", 1)[0]
+        if path not in _LOCAL_PATHS:
+            raise ProtocolError(
+                400,
+                "origin-form requests are served only for /whoami and /egress; "
+                "send proxy requests in absolute form or use CONNECT",
+            )
+        if not decision.allowed or client is None:
+            raise Refused(decision)
+        if head.method not in ("GET", "HEAD"):
+            raise ProtocolError(405, f"{path.decode()} answers GET only")
+        view = self.gw.client_view(client)
+        body = (
+            json.dumps(view if path == b"/egress" else view["whoami"], indent=2) + "\n"
+        ).encode()
+        self.resp_started = True
+        if self.record is not None:
+            self.record.status = 200
+        response = http1.simple_response(
+            200,
+            body,
+            content_type=b"application/json",
+            close=not head.keep_alive or self.close_after,
+        )
+        if head.method == "HEAD":
+            response = response[: response.index(b"\r\n\r\n") + 4]
+        self.transport_write(response)
+        if not head.keep_alive:
+            self.close_after = True
+        self.finish_record()
+        self.skipping = True
+        self.end_exchange()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.dial_task is not None and not self.dial_task.done():
+            self.dial_task.cancel()
+        super().connection_lost(exc)
+
+
+def _message(decision: Decision, status: int) -> bytes:
+    text = {
+        407: "Proxy authentication required: send Proxy-Authorization: Basic with user = "
+        "client name and password = token.",
+        403: "The gateway's policy does not allow this destination.",
+        400: "Bad request.",
+        502: "The gateway could not reach the destination.",
+        503: "The gateway cannot serve this now.",
+        504: "The destination did not answer in time.",
+    }.get(status, "Request refused.")
+    return f"{text} (reason: {decision.reason.value})\n".encode()

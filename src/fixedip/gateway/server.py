@@ -1,0 +1,312 @@
+"""The gateway process: listeners, shared state, reload and graceful shutdown.
+
+`Gateway` owns what outlives a single connection (the runtime of the current
+configuration, the DNS cache, the upstream pool, metrics, the flow log) and is what
+sessions, the admin API and the signal handlers talk to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+from typing import Any
+
+from fixedip.config import ClientConfig, Config, ConfigError, load
+from fixedip.gateway.demo import start_echo
+from fixedip.gateway.dns import Resolver
+from fixedip.gateway.http_proxy import HttpProxySession
+from fixedip.gateway.runtime import IPAddress, Runtime
+from fixedip.gateway.session import ClientSession
+from fixedip.gateway.socks import SocksSession
+from fixedip.gateway.upstream import UpstreamPool
+from fixedip.identity.pool import probe_bind
+from fixedip.observe.admin import AdminServer, start_admin
+from fixedip.observe.flowlog import FlowLog, FlowRecord
+from fixedip.observe.metrics import Metrics
+
+log = logging.getLogger("fixedip")
+
+LISTEN_BACKLOG = 4096
+
+
+class StartupError(Exception):
+    """The gateway cannot start as configured; the message says what to change."""
+
+
+class Gateway:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.config_path = config_path
+        self.runtime = Runtime(config)
+        self.resolver = self._resolver(config)
+        self.upstreams = UpstreamPool(
+            config.timeouts.upstream_idle_s, config.limits.pool_per_destination
+        )
+        self.metrics = Metrics()
+        self.flowlog = FlowLog(config.log.flow)
+        self.sessions: set[ClientSession] = set()
+        self.draining = False
+        self.servers: dict[str, asyncio.Server] = {}
+        self.admin: AdminServer | None = None
+        self.echo: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        self._all_closed = asyncio.Event()
+        self._dropped_reported = 0
+
+    @staticmethod
+    def _resolver(config: Config) -> Resolver:
+        return Resolver(
+            [(str(s.host), s.port) for s in config.dns.servers],
+            timeout_s=config.dns.timeout_s,
+            cache_size=config.dns.cache_size,
+            max_ttl_s=config.dns.max_ttl_s,
+        )
+
+    # start / stop ------------------------------------------------------------------
+    async def start(self) -> None:
+        config = self.runtime.config
+        for ip in config.egress.ips:
+            why = probe_bind(ip.bind)
+            if why is not None:
+                raise StartupError(
+                    f"egress IP {ip.bind} cannot be used: {why}. Assign it to an interface "
+                    f"(e.g. `ip addr add {ip.bind}/32 dev eth0`) or remove it from egress.ips "
+                    f"in {config.source}."
+                )
+        try:
+            self.flowlog.start()
+        except OSError as exc:
+            raise StartupError(f"log.flow: cannot open {config.log.flow!r}: {exc}") from None
+        try:
+            if config.demo.echo is not None:
+                self.echo = await start_echo(str(config.demo.echo.host), config.demo.echo.port)
+            if config.listen.http is not None:
+                self.servers["http"] = await self._listen(
+                    config.listen.http.host, config.listen.http.port, lambda: HttpProxySession(self)
+                )
+            if config.listen.socks is not None:
+                self.servers["socks"] = await self._listen(
+                    config.listen.socks.host, config.listen.socks.port, lambda: SocksSession(self)
+                )
+            if config.listen.admin is not None:
+                self.admin = await start_admin(
+                    str(config.listen.admin.host), config.listen.admin.port, _AdminAdapter(self)
+                )
+        except OSError as exc:
+            await self.close()
+            raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
+        self.runtime = Runtime(config, previous=self.runtime, listeners=self.listener_endpoints())
+        for state in self.runtime.pool.states:
+            self.metrics.set_egress(str(state.bind), str(state.public), state.up)
+        self._tasks.append(self.loop.create_task(self._health_loop()))
+
+    async def _listen(self, host: Any, port: int, factory: Any) -> asyncio.Server:
+        try:
+            return await self.loop.create_server(
+                factory, str(host), port, reuse_address=True, backlog=LISTEN_BACKLOG
+            )
+        except OSError as exc:
+            raise OSError(exc.errno, f"{host}:{port}: {exc.strerror}") from None
+
+    def listener_endpoints(self) -> list[tuple[IPAddress, int]]:
+        return [
+            (ipaddress.ip_address(host), port)
+            for name, (host, port) in self.addresses().items()
+            if name != "echo"
+        ]
+
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Where each listener is bound (ports resolved when the config said 0)."""
+        out: dict[str, tuple[str, int]] = {}
+        for name, server in self.servers.items():
+            sockname = server.sockets[0].getsockname()
+            out[name] = (sockname[0], sockname[1])
+        if self.admin is not None and self.runtime.config.listen.admin is not None:
+            out["admin"] = (str(self.runtime.config.listen.admin.host), self.admin.port)
+        if self.echo is not None:
+            sockname = self.echo.sockets[0].getsockname()
+            out["echo"] = (sockname[0], sockname[1])
+        return out
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.runtime.config.egress.health_check_s)
+            for state in self.runtime.pool.recheck():
+                log.info("egress %s is usable again", state.bind)
+                self.metrics.set_egress(str(state.bind), str(state.public), True)
+            dropped = self.flowlog.dropped
+            if dropped > self._dropped_reported:
+                self.metrics.flowlog_dropped(dropped - self._dropped_reported)
+                self._dropped_reported = dropped
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop accepting, let in-flight work finish for `grace_s`, then cut the rest."""
+        self.draining = True
+        for server in self.servers.values():
+            server.close()
+        for session in list(self.sessions):
+            if session.idle:
+                session.close()
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), grace_s)
+        for session in list(self.sessions):
+            session.abort()
+        await self.close()
+
+    async def close(self) -> None:
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        for server in self.servers.values():
+            server.close()
+        if self.echo is not None:
+            self.echo.close()
+        if self.admin is not None:
+            await self.admin.close()
+            self.admin = None
+        self.upstreams.close_all()
+        await self.flowlog.close()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # reload ------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read the configuration file; a bad file is refused and the old one kept."""
+        try:
+            config = load(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return False
+        old = self.runtime.config
+        if config.listen != old.listen:
+            log.warning("listen addresses changed in %s: they apply after a restart", config.source)
+        for ip in config.egress.ips:
+            why = probe_bind(ip.bind)
+            if why is not None:
+                log.error(
+                    "reload refused, keeping the running configuration: egress IP %s: %s",
+                    ip.bind,
+                    why,
+                )
+                return False
+        self.runtime = Runtime(config, previous=self.runtime, listeners=self.listener_endpoints())
+        if config.dns != old.dns:
+            self.resolver = self._resolver(config)
+        if config.log.flow == old.log.flow:
+            self.flowlog.reopen()
+        for state in self.runtime.pool.states:
+            self.metrics.set_egress(str(state.bind), str(state.public), state.up)
+        log.info("configuration reloaded from %s", config.source)
+        return True
+
+    def install_signal_handlers(self) -> None:
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._begin_drain)
+
+    def _begin_drain(self) -> None:
+        if not self.draining:
+            grace = self.runtime.config.timeouts.shutdown_grace_s
+            log.info("draining: no new connections, %.0f s for in-flight work", grace)
+            self._tasks.append(self.loop.create_task(self.drain(grace)))
+
+    # what sessions call ------------------------------------------------------------
+    def session_opened(self, session: ClientSession) -> None:
+        self.sessions.add(session)
+        self.metrics.connection_opened(session.listener)
+
+    def session_closed(self, session: ClientSession) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.metrics.connection_closed(session.listener)
+            if self.draining and not self.sessions:
+                self._all_closed.set()
+
+    def over_capacity(self) -> bool:
+        return len(self.sessions) > self.runtime.config.limits.max_connections
+
+    def record(self, record: FlowRecord) -> None:
+        self.flowlog.write(record)
+        self.metrics.observe_flow(record)
+
+    def client_view(self, client: ClientConfig) -> dict[str, Any]:
+        """What /whoami and /egress show an authenticated client: only its own IPs."""
+        pool = self.runtime.pool
+        if client.egress is not None:
+            state = pool.get(client.egress)
+            states = [state] if state else []
+        else:
+            states = list(pool.states)
+        usable = [s for s in states if s.up]
+        next_ip = None
+        if usable:
+            next_ip = str(usable[0].public)
+            if pool.strategy == "pinned" and client.egress is None:
+                chosen = pool.choose(client.name, None, usable[0].family)
+                next_ip = str(chosen.public) if chosen else None
+        return {
+            "whoami": {
+                "client": client.name,
+                "egress_ip": next_ip,
+                "egress_ips": [str(s.public) for s in usable],
+                "strategy": "pinned" if client.egress is not None else pool.strategy,
+            },
+            "client": client.name,
+            "strategy": "pinned" if client.egress is not None else pool.strategy,
+            "egress": [
+                {"ip": str(s.public), "state": "up" if s.up else "down", "reason": s.reason or None}
+                for s in states
+            ],
+        }
+
+    # AdminView ---------------------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "shutting down"
+        if not any(s.up for s in self.runtime.pool.states):
+            return False, "no egress IP is usable"
+        return True, ""
+
+    def egress_snapshot(self) -> list[dict[str, Any]]:
+        return self.runtime.pool.snapshot()
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        return self.metrics.render()
+
+
+# AdminView wants `metrics()`; the attribute name is taken by the Metrics object.
+class _AdminAdapter:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def ready(self) -> tuple[bool, str]:
+        return self.gateway.ready()
+
+    def egress_snapshot(self) -> list[dict[str, Any]]:
+        return self.gateway.egress_snapshot()
+
+    def metrics(self) -> tuple[bytes, str]:
+        return self.gateway.metrics_text()
+
+
+async def run(config: Config, config_path: str | None, on_ready: Any = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status."""
+    gateway = Gateway(config, config_path)
+    try:
+        await gateway.start()
+    except StartupError:
+        await gateway.close()
+        raise
+    gateway.install_signal_handlers()
+    if on_ready is not None:
+        on_ready(gateway)
+    await gateway.wait_stopped()
+    return 0

@@ -1,0 +1,242 @@
+"""What every client connection shares: flow control, timeouts, tunnels, the flow record.
+
+A session is an asyncio.Protocol (no streams on the hot path). Reading from the client
+is paused for named reasons (dialing, the upstream's buffer is full, draining) and
+resumes only when none is left, so backpressure from one side never fights another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import time
+from typing import TYPE_CHECKING, cast
+
+from fixedip.gateway.upstream import Upstream
+from fixedip.observe.flowlog import FlowRecord
+from fixedip.policy.decision import Reason
+
+if TYPE_CHECKING:
+    from fixedip.gateway.server import Gateway
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Reading more than this from the client before the upstream takes it is paused.
+MAX_EARLY_BYTES = 256 * 1024
+
+
+class ClientSession(asyncio.Protocol):
+    listener = "?"
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.loop = gateway.loop
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip: IPAddress = ipaddress.IPv4Address(0)
+        self.peer = ""
+        self.upstream: Upstream | None = None
+        self.record: FlowRecord | None = None
+        self.closed = False
+        self.tunnel = False
+        self._pauses: set[str] = set()
+        self._deadline = math.inf
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeout_reason = ""
+        self._client_eof = False
+        self._upstream_eof = False
+        self._writing_paused = False
+
+    # lifecycle ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
+        self.peer_ip = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+        if isinstance(self.peer_ip, ipaddress.IPv6Address) and self.peer_ip.ipv4_mapped:
+            self.peer_ip = self.peer_ip.ipv4_mapped
+        self.peer = f"{peer[0]}:{peer[1]}"
+        self.gw.session_opened(self)
+        if self.gw.over_capacity():
+            self.refuse_capacity()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._disarm()
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.abort() if not self.tunnel else up.close()
+        self.finish_record()
+        self.gw.session_closed(self)
+
+    def refuse_capacity(self) -> None:
+        """Over `limits.max_connections`: say so (where the protocol can) and close."""
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    @property
+    def idle(self) -> bool:
+        """True when closing now loses nothing (used by drain on shutdown)."""
+        return False
+
+    # flow control ------------------------------------------------------------------
+    def pause(self, reason: str) -> None:
+        if not self._pauses and self.transport is not None:
+            self.transport.pause_reading()
+        self._pauses.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self._pauses:
+            self._pauses.discard(reason)
+            if not self._pauses and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    def upstream_pause(self) -> None:
+        self.pause("upstream-full")
+
+    def upstream_resume(self) -> None:
+        self.resume("upstream-full")
+
+    # timeouts ----------------------------------------------------------------------
+    def arm(self, seconds: float, reason: str) -> None:
+        """(Re)set the one deadline this connection has; `on_timeout(reason)` fires at it."""
+        self._deadline = self.loop.time() + seconds
+        self._timeout_reason = reason
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+
+    def touch(self, seconds: float) -> None:
+        """Push the deadline out on activity; cheap enough for every chunk."""
+        self._deadline = self.loop.time() + seconds
+
+    def _disarm(self) -> None:
+        self._deadline = math.inf
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self.closed or self._deadline == math.inf:
+            return
+        now = self.loop.time()
+        if now + 0.001 < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+            return
+        self.on_timeout(self._timeout_reason)
+
+    def on_timeout(self, reason: str) -> None:
+        self.abort()
+
+    # tunnels -----------------------------------------------------------------------
+    def start_tunnel(self, upstream: Upstream, early: bytes) -> None:
+        """Relay raw bytes both ways from now on (CONNECT and SOCKS5 after the reply)."""
+        self.tunnel = True
+        self.upstream = upstream
+        upstream.sink = self
+        self.gw.metrics.tunnel_opened()
+        if early:
+            self._count_up(len(early))
+            upstream.write(early)
+        self.arm(self.gw.runtime.config.timeouts.tunnel_idle_s, "tunnel idle")
+        if self._writing_paused and upstream.transport is not None:
+            upstream.transport.pause_reading()
+
+    def tunnel_data(self, data: bytes) -> None:
+        self._count_up(len(data))
+        self.touch(self.gw.runtime.config.timeouts.tunnel_idle_s)
+        up = self.upstream
+        if up is not None:
+            up.write(data)
+
+    def _count_up(self, n: int) -> None:
+        if self.record is not None:
+            self.record.bytes_up += n
+
+    def eof_received(self) -> bool:
+        if not self.tunnel:
+            return False
+        self._client_eof = True
+        up = self.upstream
+        if up is None or up.transport is None or up.closed:
+            return False
+        if self._upstream_eof:
+            up.close()
+            return False
+        if up.transport.can_write_eof():
+            up.transport.write_eof()  # half-close: the other direction keeps flowing
+        return True
+
+    def upstream_data(self, data: bytes) -> None:
+        """Tunnel direction upstream → client (HTTP sessions override for responses)."""
+        if self.record is not None:
+            self.record.bytes_down += len(data)
+        self.touch(self.gw.runtime.config.timeouts.tunnel_idle_s)
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def upstream_eof(self) -> None:
+        self._upstream_eof = True
+        if self.transport is None or self.closed:
+            return
+        if self._client_eof:
+            self.close()
+        elif self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self.upstream = None
+        if self.tunnel:
+            if exc is None:
+                self.close()
+            else:
+                self.abort()
+
+    # flow records ------------------------------------------------------------------
+    def new_record(self, kind: str, method: str | None) -> FlowRecord:
+        self.record = FlowRecord(
+            start=time.time(),
+            listener=self.listener,
+            kind=kind,
+            peer=self.peer,
+            client=None,
+            method=method,
+            host=None,
+            port=None,
+            resolved=None,
+            egress=None,
+            egress_public=None,
+            status=None,
+        )
+        self._started = time.perf_counter()
+        return self.record
+
+    def finish_record(self, reason: Reason | None = None, rule: str | None = None) -> None:
+        record, self.record = self.record, None
+        if record is None:
+            return
+        if reason is not None:
+            record.reason = reason.value
+            record.rule = rule
+        record.duration_s = time.perf_counter() - self._started
+        if self.tunnel and record.reason == Reason.ALLOWED.value:
+            self.gw.metrics.tunnel_closed()
+        self.gw.record(record)

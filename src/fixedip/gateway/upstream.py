@@ -1,0 +1,208 @@
+"""Upstream TCP connections: bound to an egress IP before connecting, pooled when idle.
+
+The socket is bound to the egress address with IP_BIND_ADDRESS_NO_PORT set, so the
+kernel picks the ephemeral port at connect time per destination (4-tuple) instead of
+reserving one per bind: one egress IP can then hold far more than 64k connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from fixedip.policy.decision import Reason
+from fixedip.proto.http1 import ResponseParser
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+PoolKey = tuple[IPAddress, IPAddress, int]  # (egress bind, destination address, port)
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+
+
+class Sink(Protocol):
+    """Whoever currently owns an upstream connection (a session or a tunnel)."""
+
+    def upstream_data(self, data: bytes) -> None: ...
+    def upstream_eof(self) -> None: ...
+    def upstream_lost(self, exc: Exception | None) -> None: ...
+    def upstream_pause(self) -> None: ...
+    def upstream_resume(self) -> None: ...
+
+
+class EgressDown(Exception):
+    """The egress address cannot be bound any more: take it out of rotation."""
+
+
+class UpstreamError(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class Upstream(asyncio.Protocol):
+    """One connection to a destination; bytes go to `sink`, or close it when idle."""
+
+    __slots__ = ("closed", "idle_handle", "key", "parser", "pool", "sink", "transport")
+
+    def __init__(self, key: PoolKey, pool: UpstreamPool) -> None:
+        self.key = key
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.sink: Sink | None = None
+        self.parser: ResponseParser | None = None
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink.upstream_data(data)
+        else:  # an idle pooled connection must stay silent
+            self.close()
+
+    def eof_received(self) -> bool:
+        if self.sink is not None:
+            self.sink.upstream_eof()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_resume()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.sink = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+            self.pool.forget(self)
+
+    def abort(self) -> None:
+        self.sink = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+            self.pool.forget(self)
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per (egress, address, port), bounded and timed out."""
+
+    def __init__(self, idle_s: float, per_key: int) -> None:
+        self.idle_s = idle_s
+        self.per_key = per_key
+        self._idle: dict[PoolKey, list[Upstream]] = {}
+
+    def take(self, key: PoolKey) -> Upstream | None:
+        conns = self._idle.get(key)
+        while conns:
+            up = conns.pop()
+            if up.idle_handle is not None:
+                up.idle_handle.cancel()
+                up.idle_handle = None
+            if not up.closed and up.transport is not None and not up.transport.is_closing():
+                return up
+        return None
+
+    def give(self, up: Upstream) -> None:
+        """Return a connection whose last response ended cleanly; closes it if over bound."""
+        up.sink = None
+        conns = self._idle.setdefault(up.key, [])
+        if up.closed or len(conns) >= self.per_key:
+            up.close()
+            return
+        if up.transport is not None:
+            up.transport.resume_reading()
+        conns.append(up)
+        up.idle_handle = asyncio.get_running_loop().call_later(self.idle_s, up.close)
+
+    def forget(self, up: Upstream) -> None:
+        conns = self._idle.get(up.key)
+        if conns and up in conns:
+            conns.remove(up)
+            if not conns:
+                del self._idle[up.key]
+        if up.idle_handle is not None:
+            up.idle_handle.cancel()
+            up.idle_handle = None
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    def close_all(self) -> None:
+        for conns in list(self._idle.values()):
+            for up in list(conns):
+                up.close()
+        self._idle.clear()
+
+
+async def connect(
+    key: PoolKey,
+    pool: UpstreamPool,
+    timeout_s: float,
+    factory: Callable[[PoolKey, UpstreamPool], Upstream] = Upstream,
+) -> Upstream:
+    """A new connection from egress `key[0]` to `key[1]:key[2]`."""
+    bind, address, port = key
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.bind((str(bind), 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise EgressDown(f"egress {bind} is not assigned to this host") from None
+            raise UpstreamError(Reason.EGRESS_UNAVAILABLE, f"bind {bind}: {exc.strerror}") from None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await loop.sock_connect(sock, (str(address), port))
+        except TimeoutError:
+            raise UpstreamError(
+                Reason.UPSTREAM_TIMEOUT, f"connect to {address}:{port} timed out"
+            ) from None
+        except ConnectionRefusedError:
+            raise UpstreamError(
+                Reason.UPSTREAM_REFUSED, f"{address}:{port} refused the connection"
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise EgressDown(f"egress {bind} is not assigned to this host") from None
+            reason = (
+                Reason.UPSTREAM_UNREACHABLE if exc.errno in _UNREACHABLE else Reason.UPSTREAM_CLOSED
+            )
+            raise UpstreamError(
+                reason, f"connect to {address}:{port}: {exc.strerror or exc}"
+            ) from None
+        _, up = await loop.create_connection(lambda: factory(key, pool), sock=sock)
+        return up
+    except BaseException:
+        sock.close()
+        raise

@@ -1,0 +1,261 @@
+"""The flow log: one JSON line per finished request or tunnel.
+
+The gateway calls `FlowLog.write()` on its event loop for every flow; that only appends
+to a list. Serialising and writing happen in a worker thread, one `write(2)` per batch,
+so a slow disk never stalls proxying. When the backlog passes `max_pending` new records
+are dropped and counted, never queued without bound.
+
+A record carries addresses, sizes, timings and the decision only: no headers, no
+credentials, no bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fixedip.policy.decision import Reason
+
+log = logging.getLogger(__name__)
+
+FLOW_FILE_MODE = 0o640
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
+
+@dataclass(slots=True)
+class FlowRecord:
+    """What happened on one request or tunnel, as the flow log and metrics see it."""
+
+    start: float
+    listener: str
+    kind: str
+    peer: str
+    client: str | None
+    method: str | None
+    host: str | None
+    port: int | None
+    resolved: str | None
+    egress: str | None
+    egress_public: str | None
+    status: int | None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    duration_s: float = 0.0
+    reason: str = Reason.ALLOWED.value
+    rule: str | None = None
+
+    @property
+    def decision(self) -> str:
+        """`allow` when the flow was allowed, `deny` for every other reason."""
+        return "allow" if self.reason == Reason.ALLOWED else "deny"
+
+    def to_json(self) -> str:
+        """One JSON line (without the newline) with exactly the documented keys."""
+        return json.dumps(self._fields(), separators=(",", ":"))
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "time": _iso_utc_ms(self.start),
+            "client": self.client,
+            "peer": self.peer,
+            "listener": self.listener,
+            "kind": self.kind,
+            "method": self.method,
+            "host": self.host,
+            "port": self.port,
+            "resolved": self.resolved,
+            "egress": self.egress,
+            "egress_public": self.egress_public,
+            "status": self.status,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "duration_ms": round(self.duration_s * 1000.0, 1),
+            "decision": self.decision,
+            "reason": str(self.reason),
+            "rule": self.rule,
+        }
+
+
+def _iso_utc_ms(epoch_s: float) -> str:
+    """`2024-05-01T12:00:00.123Z`: ISO 8601, UTC, millisecond precision (truncated)."""
+    whole = int(epoch_s // 1)
+    millis = int((epoch_s - whole) * 1000.0)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def _open_flow_file(path: str) -> int:
+    try:
+        return os.open(path, _OPEN_FLAGS, FLOW_FILE_MODE)
+    except OSError as exc:
+        parent = os.path.dirname(os.path.abspath(path))
+        if exc.errno == errno.ENOENT and not os.path.isdir(parent):
+            why = f"directory {parent} does not exist; create it or set [log] flow elsewhere"
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            why = "permission denied; check the owner and mode of the file and its directory"
+        else:
+            why = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"cannot open flow log {path}: {why}", path) from exc
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class FlowLog:
+    """Batched, non-blocking JSON-lines writer.
+
+    `target` is "-" for standard output, a file path (appended to, created with mode
+    0o640) or None to log nothing. Call `start()` inside the running loop, `write()`
+    per finished flow, `close()` at shutdown and `reopen()` after log rotation.
+    """
+
+    def __init__(
+        self,
+        target: str | None,
+        *,
+        flush_interval_s: float = 0.2,
+        max_batch: int = 1000,
+        max_pending: int = 100_000,
+    ) -> None:
+        if flush_interval_s <= 0 or max_batch < 1 or max_pending < 1:
+            raise ValueError("flush_interval_s, max_batch and max_pending must be positive")
+        self._target = target
+        self._flush_interval_s = flush_interval_s
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._pending: list[FlowRecord] = []
+        self._dropped = 0
+        self._fd: int | None = None
+        # Held by the worker thread while it writes, so reopen() never closes the
+        # descriptor under a write in flight.
+        self._fd_lock = threading.Lock()
+        self._flush_lock: asyncio.Lock | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+
+    @property
+    def dropped(self) -> int:
+        """Records lost so far: over `max_pending`, written after close, or failed writes."""
+        return self._dropped
+
+    def start(self) -> None:
+        """Open the target and start the periodic flush; raises OSError if it cannot open."""
+        if self._started:
+            return
+        if self._target is None:
+            self._started = True
+            return
+        loop = asyncio.get_running_loop()
+        if self._target != "-":
+            self._fd = _open_flow_file(self._target)
+        self._flush_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._started = True
+        self._task = loop.create_task(self._flush_periodically(), name="fixedip-flowlog")
+
+    def write(self, record: FlowRecord) -> None:
+        """Queue one record; O(1), never blocks. Over `max_pending` it is dropped."""
+        if self._target is None:
+            return
+        pending = self._pending
+        if self._closed or len(pending) >= self._max_pending:
+            self._dropped += 1
+            return
+        pending.append(record)
+        if len(pending) == self._max_batch and self._wake is not None:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Write every pending record now, in order, from a worker thread."""
+        if self._target is None or not self._pending:
+            return
+        if self._flush_lock is None:
+            raise RuntimeError("FlowLog.start() must be called before flush()")
+        async with self._flush_lock:
+            batch, self._pending = self._pending, []
+            if batch:
+                lost = await asyncio.to_thread(self._write_batch, batch)
+                self._dropped += lost
+
+    async def close(self) -> None:
+        """Flush what is pending, stop the periodic flush and close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._started:
+            self._dropped += len(self._pending)
+            self._pending = []
+            return
+        if self._task is not None and self._wake is not None:
+            self._wake.set()
+            await self._task
+            self._task = None
+        await self.flush()
+        with self._fd_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def reopen(self) -> None:
+        """Reopen the path (after logrotate moved the file); no-op for stdout or off.
+
+        The new file is opened before the old one is closed, so a failure (raised as
+        OSError) leaves logging to the old file.
+        """
+        if self._target in (None, "-") or self._fd is None or self._closed:
+            return
+        new_fd = _open_flow_file(self._target)
+        with self._fd_lock:
+            old_fd, self._fd = self._fd, new_fd
+        os.close(old_fd)
+
+    async def _flush_periodically(self) -> None:
+        assert self._wake is not None
+        wake = self._wake
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._flush_interval_s):
+                    await wake.wait()
+            wake.clear()
+            await self.flush()
+
+    def _write_batch(self, batch: list[FlowRecord]) -> int:
+        """Runs in a worker thread; returns how many records were lost to a write error."""
+        step = self._max_batch
+        for first in range(0, len(batch), step):
+            chunk = batch[first : first + step]
+            try:
+                text = "".join([record.to_json() + "\n" for record in chunk])
+                self._write_text(text)
+            except Exception as exc:
+                lost = len(batch) - first
+                log.error(
+                    "flow log write to %s failed, %d records lost: %s", self._target, lost, exc
+                )
+                return lost
+        return 0
+
+    def _write_text(self, text: str) -> None:
+        if self._target == "-":
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        data = text.encode()
+        with self._fd_lock:
+            if self._fd is None:
+                raise ValueError("flow log is closed")
+            _write_all(self._fd, data)

@@ -1,0 +1,1 @@
+"""Who may go where: authentication, destination rules, the SSRF guard, and decisions."""

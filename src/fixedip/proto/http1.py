@@ -1,0 +1,542 @@
+"""HTTP/1.1 message framing for a forward proxy, sans-IO, on top of httptools (llhttp).
+
+`RequestParser` and `ResponseParser` take bytes and return events; they never touch a
+socket. llhttp already refuses the classic smuggling shapes (Content-Length with
+Transfer-Encoding, duplicate lengths, obs-fold, bare LF, bad header tokens); this module
+adds what a proxy needs on top: bounded heads, a strict view of framing headers and
+versions, and request-target parsing for the three forms a proxy sees.
+
+Bodies come out de-chunked; the gateway re-frames what it forwards, so the bytes a
+vendor sees are always well formed whatever the client sent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Final
+
+import httptools
+
+MAX_HEADERS: Final = 100
+DEFAULT_MAX_HEAD_BYTES: Final = 65536
+_HEADER_OVERHEAD: Final = 4  # ": " and CRLF
+
+# RFC 9110 section 7.6.1 and the proxy-specific ones: never forwarded.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Headers a client may not remove from forwarding by naming them in `Connection`.
+_PROTECTED: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
+
+_CTL_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$"
+)
+_NUMERIC_ISH = re.compile(r"^[0-9a-fx.]+$")
+
+
+class ProtocolError(Exception):
+    """Input that must be refused: `status` is the HTTP status to answer with, then close."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: str
+    target: bytes
+    version: str
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    chunked: bool
+    content_length: int | None
+
+    def get(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lowercase)."""
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    reason: bytes
+    version: str
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    chunked: bool
+    content_length: int | None
+
+
+@dataclass(slots=True)
+class Body:
+    data: bytes
+
+
+@dataclass(slots=True)
+class EndOfMessage:
+    pass
+
+
+@dataclass(slots=True)
+class Upgrade:
+    """The parser handed the connection over (CONNECT); `leftover` belongs to the tunnel."""
+
+    leftover: bytes
+
+
+Event = RequestHead | ResponseHead | Body | EndOfMessage | Upgrade
+
+END: Final = EndOfMessage()
+
+
+@dataclass(slots=True)
+class _HeadState:
+    url: bytearray = field(default_factory=bytearray)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    size: int = 0
+    reason: bytes = b""
+
+
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
+    """(chunked, content_length) from headers, refusing any ambiguity."""
+    chunked = False
+    length: int | None = None
+    te_seen = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"transfer-encoding":
+            if te_seen or value.lower() != b"chunked":
+                raise ProtocolError(400, "Transfer-Encoding must be exactly one 'chunked'")
+            te_seen = chunked = True
+        elif lname == b"content-length":
+            if length is not None or not value.isdigit() or len(value) > 18:
+                raise ProtocolError(400, "Content-Length must be one non-negative integer")
+            length = int(value)
+    if chunked and length is not None:
+        raise ProtocolError(400, "Content-Length together with Transfer-Encoding")
+    return chunked, length
+
+
+class _Parser:
+    """Shared callback plumbing for the request and response parsers."""
+
+    def __init__(self, max_head_bytes: int) -> None:
+        self._max_head = max_head_bytes
+        self._events: list[Event] = []
+        self._head: _HeadState | None = _HeadState()
+        self._error: ProtocolError | None = None
+        self._in_body = False
+
+    # httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._head = _HeadState()
+        self._in_body = False
+
+    def on_url(self, url: bytes) -> None:
+        head = self._head
+        assert head is not None
+        head.url += url
+        head.size += len(url)
+        if head.size > self._max_head:
+            self._fail(ProtocolError(414, "request target too long"))
+
+    def on_status(self, reason: bytes) -> None:
+        head = self._head
+        assert head is not None
+        head.reason += reason
+        head.size += len(reason)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_body:
+            return  # trailer fields: dropped, never forwarded
+        head = self._head
+        assert head is not None
+        if _CTL_IN_VALUE.search(value):
+            self._fail(ProtocolError(400, "control character in a header value"))
+        head.headers.append((name, value))
+        head.size += len(name) + len(value) + _HEADER_OVERHEAD
+        if head.size > self._max_head or len(head.headers) > MAX_HEADERS:
+            self._fail(ProtocolError(431, "request header fields too large"))
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Body(body))
+
+    def on_message_complete(self) -> None:
+        self._events.append(END)
+
+    def _fail(self, error: ProtocolError) -> None:
+        self._error = error
+        raise error
+
+    def _take(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+
+class RequestParser(_Parser):
+    """Client side: bytes in, RequestHead / Body / EndOfMessage / Upgrade out."""
+
+    def __init__(self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
+        super().__init__(max_head_bytes)
+        self._parser = httptools.HttpRequestParser(self)
+        self._upgraded = False
+
+    @property
+    def head_in_progress(self) -> bool:
+        """True while a head has started but not finished (the header timeout runs)."""
+        return (
+            self._head is not None
+            and not self._in_body
+            and (bool(self._head.url) or self._head.size > 0)
+        )
+
+    def on_headers_complete(self) -> None:
+        head = self._head
+        assert head is not None
+        version = self._parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            self._fail(ProtocolError(400, f"HTTP/{version} is not supported"))
+        method = self._parser.get_method().decode("ascii")
+        chunked, length = _framing(head.headers)
+        hosts = sum(1 for n, _ in head.headers if n.lower() == b"host")
+        if hosts > 1:
+            self._fail(ProtocolError(400, "more than one Host header"))
+        self._events.append(
+            RequestHead(
+                method=method,
+                target=bytes(head.url),
+                version=version,
+                headers=head.headers,
+                keep_alive=self._parser.should_keep_alive(),
+                chunked=chunked,
+                content_length=length,
+            )
+        )
+        self._in_body = True
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse `data`; raises ProtocolError for input that must be refused."""
+        if self._error is not None:
+            raise self._error
+        if self._upgraded:
+            raise RuntimeError("feed() after Upgrade: the bytes belong to the tunnel")
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self._events.append(Upgrade(bytes(data[offset:])))
+            self._upgraded = True
+        except ProtocolError:
+            raise
+        except httptools.HttpParserCallbackError as exc:
+            if self._error is not None:
+                raise self._error from None
+            raise ProtocolError(400, "malformed request") from exc
+        except httptools.HttpParserError as exc:
+            if self._error is not None:
+                raise self._error from None
+            self._error = ProtocolError(400, f"malformed request: {exc}")
+            raise self._error from None
+        return self._take()
+
+
+class ResponseParser(_Parser):
+    """Upstream side. Call `expect(method)` before each response so HEAD is framed right."""
+
+    def __init__(self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
+        super().__init__(max_head_bytes)
+        self._parser = httptools.HttpResponseParser(self)
+        self._no_body = False
+        self._done_early = False
+        self.close_delimited = False
+
+    def expect(self, method: str) -> None:
+        self._no_body = method == "HEAD"
+        self._done_early = False
+        self.close_delimited = False
+
+    def on_headers_complete(self) -> None:
+        head = self._head
+        assert head is not None
+        version = self._parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            self._fail(ProtocolError(502, f"upstream spoke HTTP/{version}"))
+        status = self._parser.get_status_code()
+        chunked, length = _framing(head.headers)
+        bodiless = self._no_body or status in (204, 304) or 100 <= status < 200
+        self.close_delimited = not bodiless and not chunked and length is None
+        self._events.append(
+            ResponseHead(
+                status=status,
+                reason=bytes(head.reason),
+                version=version,
+                headers=head.headers,
+                keep_alive=self._parser.should_keep_alive() and not self.close_delimited,
+                chunked=chunked and not bodiless,
+                content_length=length,
+            )
+        )
+        self._in_body = True
+        if self._no_body and not 100 <= status < 200:
+            # llhttp cannot be told "no body follows" from Python; the response to a
+            # HEAD ends here and the next one gets a fresh parser.
+            self._events.append(END)
+            self._done_early = True
+            raise _HeadDone
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._error is not None:
+            raise self._error
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadDone) or self._done_early:
+                self._parser = httptools.HttpResponseParser(self)
+                return self._take()
+            if self._error is not None:
+                raise self._error from None
+            raise ProtocolError(502, "malformed upstream response") from exc
+        except httptools.HttpParserUpgrade:
+            raise ProtocolError(502, "upstream switched protocols") from None
+        except httptools.HttpParserError as exc:
+            if self._done_early:
+                self._parser = httptools.HttpResponseParser(self)
+                return self._take()
+            if self._error is not None:
+                raise self._error from None
+            self._error = ProtocolError(502, f"malformed upstream response: {exc}")
+            raise self._error from None
+        return self._take()
+
+    def feed_eof(self) -> list[Event]:
+        """The upstream closed: ends a close-delimited body, else the response was cut."""
+        if self._in_body and self.close_delimited:
+            self._in_body = False
+            return [*self._take(), END]
+        return self._take()
+
+
+class _HeadDone(Exception):
+    """Internal: stop llhttp after a bodiless (HEAD) response head."""
+
+
+# Request targets -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a proxied request goes. `host` is canonical: lowercase name or IP text."""
+
+    host: str
+    port: int
+    path: bytes  # origin-form path + query to send upstream ("" for CONNECT)
+    is_ip: bool
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def canonical_host(raw: str) -> tuple[str, bool]:
+    """Lowercase DNS name or canonical IP text; legacy IPv4 spellings become dotted quads.
+
+    `0x7f.1`, `2130706433` and `0177.0.0.1` are what inet_aton accepts and what some
+    resolvers would turn into 127.0.0.1 behind our back: normalising them here means the
+    guard and the rules see the real address.
+    """
+    host = raw.strip()
+    if host.startswith("[") and host.endswith("]"):
+        inner = host[1:-1]
+        if "%" in inner:
+            raise ProtocolError(400, "IPv6 zone identifiers are not accepted")
+        try:
+            return str(ipaddress.IPv6Address(inner)), True
+        except ValueError:
+            raise ProtocolError(400, f"bad IPv6 literal {raw!r}") from None
+    host = host.lower()
+    if host.endswith("."):
+        host = host[:-1]
+    try:
+        return str(ipaddress.IPv4Address(host)), True
+    except ValueError:
+        pass
+    if _NUMERIC_ISH.match(host) and not re.search(r"[g-wyz]", host):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host)), True
+        except OSError:
+            pass
+        if all(label.isdigit() or label.startswith("0x") for label in host.split(".")):
+            raise ProtocolError(400, f"{raw!r} is not a valid IPv4 address")
+    if not _DNS_NAME.match(host):
+        raise ProtocolError(400, f"{raw!r} is not a valid host name")
+    return host, False
+
+
+def _port(text: str, default: int | None) -> int:
+    if not text:
+        if default is None:
+            raise ProtocolError(400, "port missing")
+        return default
+    if not text.isdigit() or len(text) > 5 or not 1 <= int(text) <= 65535:
+        raise ProtocolError(400, f"bad port {text!r}")
+    return int(text)
+
+
+def parse_authority(raw: bytes, default_port: int | None) -> tuple[str, bool, int]:
+    """`host:port` / `[v6]:port` as in CONNECT and Host; returns (host, is_ip, port)."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError(400, "non-ASCII authority") from None
+    if "@" in text or "%" in text or "/" in text or not text:
+        raise ProtocolError(400, f"bad authority {text!r}")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ProtocolError(400, f"bad authority {text!r}")
+        host_part, rest = text[: end + 1], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ProtocolError(400, f"bad authority {text!r}")
+        port_text = rest[1:]
+    else:
+        host_part, sep, port_text = text.rpartition(":")
+        if not sep:
+            host_part, port_text = text, ""
+        if ":" in host_part:
+            raise ProtocolError(400, f"bad authority {text!r}: IPv6 needs brackets")
+    host, is_ip = canonical_host(host_part)
+    return host, is_ip, _port(port_text, default_port)
+
+
+def parse_connect_target(raw: bytes) -> Target:
+    host, is_ip, port = parse_authority(raw, None)
+    return Target(host, port, b"", is_ip)
+
+
+def parse_absolute_target(raw: bytes) -> Target:
+    """`http://host[:port]/path?query` → Target. Other schemes and userinfo are refused."""
+    lower = raw[:8].lower()
+    if lower.startswith(b"https://"):
+        raise ProtocolError(400, "https:// targets need CONNECT (the gateway does not see TLS)")
+    if not lower.startswith(b"http://"):
+        raise ProtocolError(400, "a proxy request needs an absolute http:// target or CONNECT")
+    rest = raw[7:]
+    cut = len(rest)
+    for sep in (b"/", b"?", b"#"):
+        i = rest.find(sep)
+        if 0 <= i < cut:
+            cut = i
+    authority, path = rest[:cut], rest[cut:]
+    if b"#" in path:
+        path = path[: path.index(b"#")]
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    host, is_ip, port = parse_authority(authority, 80)
+    return Target(host, port, path, is_ip)
+
+
+# Serialisation -----------------------------------------------------------------------
+
+
+def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names a sender listed in `Connection` (to drop), minus the protected ones."""
+    names: set[bytes] = set()
+    for k, v in headers:
+        if k.lower() == b"connection":
+            for token in v.split(b","):
+                t = token.strip().lower()
+                if t and t not in _PROTECTED:
+                    names.add(t)
+    return frozenset(names)
+
+
+def end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Headers minus hop-by-hop ones, framing headers included (the caller re-frames)."""
+    listed = connection_tokens(headers)
+    out = []
+    for k, v in headers:
+        lk = k.lower()
+        if lk in HOP_BY_HOP or lk in listed or lk == b"content-length":
+            continue
+        out.append((k, v))
+    return out
+
+
+def serialize_head(first_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    parts = [first_line, b"\r\n"]
+    for k, v in headers:
+        parts += (k, b": ", v, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+REASONS: Final = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def simple_response(
+    status: int,
+    body: bytes,
+    *,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    close: bool = False,
+    content_type: bytes = b"text/plain; charset=utf-8",
+) -> bytes:
+    """A complete small response generated by the gateway itself."""
+    reason = REASONS.get(status, "Status").encode()
+    headers = [
+        (b"Content-Type", content_type),
+        (b"Content-Length", str(len(body)).encode()),
+        (b"Cache-Control", b"no-store"),
+    ]
+    if extra:
+        headers += extra
+    if close:
+        headers.append((b"Connection", b"close"))
+    return serialize_head(b"HTTP/1.1 %d %s" % (status, reason), headers) + body

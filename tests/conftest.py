@@ -1,0 +1,28 @@
+"""Suite-wide guard: the tests must run in a network namespace that holds only loopback.
+
+Some tests ask the gateway for 169.254.169.254, private ranges or names that resolve
+inside; if a guard were broken, the namespace turns that into "network unreachable"
+instead of a packet on a real network. `make test` provides it (scripts/isolated).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+pytest_plugins = ["tests.fixtures"]
+
+
+def _isolated() -> bool:
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _isolated() and not os.environ.get("FIXEDIP_TESTS_UNISOLATED"):
+        pytest.exit(
+            "the suite must run in a network namespace with only loopback: use `make test`, "
+            "or `scripts/isolated .venv/bin/pytest ...`",
+            returncode=3,
+        )
