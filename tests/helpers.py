@@ -42,6 +42,10 @@ def token_hash(name: str) -> str:
     return _HASHES[name]
 
 
+def url_of(address: tuple[str, int], path: str = "") -> str:
+    return f"http://{address[0]}:{address[1]}{path}"
+
+
 def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 

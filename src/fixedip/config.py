@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -91,28 +92,84 @@ EndpointField = Annotated[
 ]
 
 
+def _listen_endpoint(value: Any) -> Any:
+    return None if value == "" else value
+
+
+# A listener: "address:port", or "" to turn it off.
+ListenField = Annotated[EndpointField | None, BeforeValidator(_listen_endpoint)]
+
+
+def _parse_ip(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise ValueError(
+            f'expected an IPv4 or IPv6 address such as "203.0.113.7", got "{value}"'
+        ) from None
+
+
+def _parse_network(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return ipaddress.ip_network(value.strip())
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(
+            f'expected an address or network in CIDR form such as "203.0.113.0/24", got "{value}"'
+        ) from None
+    raise ValueError(f'"{value}" has host bits set: write the network address, "{loose}"')
+
+
+# Parsed before pydantic's own IP union, which would report one error per address family.
+IPAddressField = Annotated[IPAddress, BeforeValidator(_parse_ip)]
+IPNetworkField = Annotated[IPNetwork, BeforeValidator(_parse_network)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ListenConfig(_Section):
-    http: EndpointField | None = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=3128)
-    socks: EndpointField | None = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=1080)
-    admin: EndpointField | None = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=9090)
+def _https_not_yet(value: Any) -> Any:
+    raise ValueError("not supported yet (the TLS listener comes later); remove it")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _https_not_yet(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and "https" in data:
-            raise ValueError("listen.https is not supported yet (the TLS listener comes later)")
-        return data
+
+class ListenConfig(_Section):
+    http: ListenField = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=3128)
+    socks: ListenField = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=1080)
+    admin: ListenField = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=9090)
+    # Part of the public contract, refused by name until the TLS listener exists.
+    https: Annotated[None, BeforeValidator(_https_not_yet)] = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _listeners(self) -> ListenConfig:
+        if self.http is None and self.socks is None:
+            raise ValueError("set at least one of http or socks")
+        used: dict[Endpoint, str] = {}
+        for name in ("http", "socks", "admin"):
+            endpoint = getattr(self, name)
+            if endpoint is None or endpoint.port == 0:
+                continue
+            if endpoint in used:
+                raise ValueError(
+                    f"{used[endpoint]} and {name} both use {endpoint}: "
+                    "give each listener its own port"
+                )
+            used[endpoint] = name
+        return self
 
 
 class EgressIP(_Section):
     """An address to bind; `public` is the address the internet sees when a cloud 1:1-NATs it."""
 
-    bind: IPAddress
-    public: IPAddress | None = None
+    bind: IPAddressField
+    public: IPAddressField | None = None
 
     @property
     def seen_as(self) -> IPAddress:
@@ -122,42 +179,45 @@ class EgressIP(_Section):
 def _parse_egress_ip(value: Any) -> Any:
     if isinstance(value, str):
         return {"bind": value}
+    if not isinstance(value, Mapping | EgressIP):
+        raise ValueError(
+            'expected an address such as "203.0.113.7", '
+            'or a table { bind = "10.0.1.5", public = "203.0.113.7" }'
+        )
     return value
 
 
 class EgressConfig(_Section):
     ips: list[Annotated[EgressIP, BeforeValidator(_parse_egress_ip)]] = Field(min_length=1)
     strategy: Literal["pinned", "round-robin", "failover"] = "round-robin"
-    health_check_s: float = Field(default=10.0, gt=0)
+    health_check_s: float = Field(default=10.0, gt=0, strict=True)
 
-    @model_validator(mode="after")
-    def _unique(self) -> EgressConfig:
-        seen: set[IPAddress] = set()
-        for ip in self.ips:
+    @field_validator("ips")
+    @classmethod
+    def _unique(cls, v: list[EgressIP]) -> list[EgressIP]:
+        seen: dict[IPAddress, int] = {}
+        for i, ip in enumerate(v):
             if ip.bind in seen:
-                raise ValueError(f"egress address {ip.bind} is listed twice")
-            seen.add(ip.bind)
-        return self
+                raise ValueError(f"{ip.bind} is listed twice (entries {seen[ip.bind]} and {i})")
+            seen[ip.bind] = i
+        return v
+
+
+def _dns_server_port(server: Endpoint) -> Endpoint:
+    if server.port == 0:
+        raise ValueError(f"{server}: a DNS server needs a port, e.g. 53")
+    return server
 
 
 class DnsConfig(_Section):
-    servers: list[EndpointField] = []
-
-    @field_validator("servers")
-    @classmethod
-    def _server_ports(cls, v: list[Endpoint]) -> list[Endpoint]:
-        for server in v:
-            if server.port == 0:
-                raise ValueError(f"{server}: a DNS server needs a port, e.g. 53")
-        return v
-
-    timeout_s: float = Field(default=3.0, gt=0, le=60)
-    cache_size: int = Field(default=10_000, ge=0)
-    max_ttl_s: int = Field(default=300, ge=0)
+    servers: list[Annotated[EndpointField, AfterValidator(_dns_server_port)]] = []
+    timeout_s: float = Field(default=3.0, gt=0, le=60, strict=True)
+    cache_size: int = Field(default=10_000, ge=0, strict=True)
+    max_ttl_s: int = Field(default=300, ge=0, strict=True)
 
 
 class GuardConfig(_Section):
-    allow_cidrs: list[IPNetwork] = []
+    allow_cidrs: list[IPNetworkField] = []
 
 
 class LogConfig(_Section):
@@ -166,43 +226,51 @@ class LogConfig(_Section):
 
 
 class TimeoutsConfig(_Section):
-    connect_s: float = Field(default=10.0, gt=0, le=300)
-    header_s: float = Field(default=10.0, gt=0, le=300)
-    idle_s: float = Field(default=60.0, gt=0)
-    upstream_idle_s: float = Field(default=30.0, gt=0)
-    tunnel_idle_s: float = Field(default=3600.0, gt=0)
-    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    connect_s: float = Field(default=10.0, gt=0, le=300, strict=True)
+    header_s: float = Field(default=10.0, gt=0, le=300, strict=True)
+    idle_s: float = Field(default=60.0, gt=0, strict=True)
+    upstream_idle_s: float = Field(default=30.0, gt=0, strict=True)
+    tunnel_idle_s: float = Field(default=3600.0, gt=0, strict=True)
+    shutdown_grace_s: float = Field(default=10.0, ge=0, strict=True)
 
 
 class LimitsConfig(_Section):
-    max_header_bytes: int = Field(default=65536, ge=1024, le=1 << 20)
-    max_connections: int = Field(default=10_000, ge=1)
-    pool_per_destination: int = Field(default=32, ge=0)
+    max_header_bytes: int = Field(default=65536, ge=1024, le=1 << 20, strict=True)
+    max_connections: int = Field(default=10_000, ge=1, strict=True)
+    pool_per_destination: int = Field(default=32, ge=0, strict=True)
 
 
 _CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+def client_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a client name, or None; shared with `fixedip token new`."""
+    if _CLIENT_NAME_RE.match(name):
+        return None
+    return (
+        "expected 1-64 characters of letters, digits, '.', '_' or '-', starting with a "
+        "letter or digit (it is the user name in Proxy-Authorization, so no ':')"
+    )
+
+
 class ClientConfig(_Section):
     name: str
     token_hash: list[str]
-    source_cidrs: list[IPNetwork] = [
+    source_cidrs: list[IPNetworkField] = [
         ipaddress.ip_network("0.0.0.0/0"),
         ipaddress.ip_network("::/0"),
     ]
     allow: list[str] = []
     deny: list[str] = []
-    connect_ports: list[Annotated[int, Field(ge=1, le=65535)]] = [443]
-    egress: IPAddress | None = None
+    connect_ports: list[Annotated[int, Field(ge=1, le=65535, strict=True)]] = [443]
+    egress: IPAddressField | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _CLIENT_NAME_RE.match(v):
-            raise ValueError(
-                "expected 1-64 characters of letters, digits, '.', '_' or '-' "
-                "(it is the user name in Proxy-Authorization, so no ':')"
-            )
+        problem = client_name_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("token_hash", mode="before")
@@ -254,17 +322,22 @@ class Config(_Section):
         if isinstance(data, Mapping):
             for key, what in NOT_SUPPORTED_YET.items():
                 if key in data:
-                    raise ValueError(f"[{key}] ({what}) is not supported yet")
+                    raise ValueError(
+                        f"{key}: the [{key}] section ({what}) is not supported yet; remove it"
+                    )
         return data
 
+    # Messages of the model validators start with their key path (see _format_errors).
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        if not any((self.listen.http, self.listen.socks)):
-            raise ValueError("listen: set at least one of http or socks")
-        names = [c.name for c in self.clients]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(f"clients: the name {name!r} is used twice")
+        first: dict[str, int] = {}
+        for i, client in enumerate(self.clients):
+            if client.name in first:
+                raise ValueError(
+                    f"clients[{i}].name: {client.name!r} is already the name of "
+                    f"clients[{first[client.name]}]; client names must be unique"
+                )
+            first[client.name] = i
         pool = {ip.bind for ip in self.egress.ips} | {ip.seen_as for ip in self.egress.ips}
         for i, client in enumerate(self.clients):
             if client.egress is not None and client.egress not in pool:
@@ -286,7 +359,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith(("function-", "union[")) or part in {"str", "list[str]"}:
+        elif part.startswith(("function-", "union[")) or part == "str" or part.endswith("]"):
             continue  # pydantic's validator labels, not keys
         else:
             out += f".{part}" if out else part
@@ -300,11 +373,35 @@ def _describe(err: Mapping[str, Any]) -> str:
         return "unknown key (check the spelling; `fixedip config example` lists every key)"
     if kind == "missing":
         return "required key is missing"
+    if kind == "too_short":
+        return f"expected at least {err['ctx']['min_length']} entry, got none"
+    if kind == "list_type":
+        return f"expected an array, got {_toml_value(err.get('input'))}"
+    if kind in {"model_type", "dict_type"}:
+        return f"expected a table, got {_toml_value(err.get('input'))}"
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
+        return msg[len("Value error, ") :]
     if msg.startswith("Assertion failed, "):
-        msg = msg[len("Assertion failed, ") :]
+        return msg[len("Assertion failed, ") :]
+    if msg.startswith("Input should be "):
+        expected = msg[len("Input should be ") :]
+        if expected.startswith(("greater", "less")):
+            expected = "a number " + expected
+        return f"expected {expected}, got {_toml_value(err.get('input'))}"
     return msg
+
+
+def _toml_value(value: Any) -> str:
+    """How the offending value was spelled in the file, for "got ..." in messages."""
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
 
 
 def _format_errors(source: str, exc: ValidationError) -> str:
@@ -312,7 +409,10 @@ def _format_errors(source: str, exc: ValidationError) -> str:
     seen = set()
     for err in exc.errors():
         loc = tuple(p for p in err.get("loc", ()) if p != "source")
-        line = f"{source}: {_key_path(loc)}: {_describe(err)}"
+        if loc:
+            line = f"{source}: {_key_path(loc)}: {_describe(err)}"
+        else:  # a Config model validator: its message starts with the key path
+            line = f"{source}: {_describe(err)}"
         if line not in seen:
             seen.add(line)
             lines.append(line)
@@ -330,7 +430,7 @@ def parse(text: str, source: str) -> Config:
 
 def from_mapping(data: Mapping[str, Any], source: str) -> Config:
     if "source" in data:
-        raise ConfigError(f"{source}: source: unknown key")
+        raise ConfigError(f"{source}: source: {_describe({'type': 'extra_forbidden'})}")
     try:
         return Config.model_validate({**data, "source": source})
     except ValidationError as exc:
@@ -363,6 +463,9 @@ def embedded_text(name: str) -> str:
 def redacted(config: Config) -> dict[str, Any]:
     """The effective configuration as plain data, with secrets replaced."""
     data = config.model_dump(mode="json", exclude={"source"})
+    for name, endpoint in data["listen"].items():
+        if endpoint is None:
+            data["listen"][name] = ""
     for client in data.get("clients", []):
         client["token_hash"] = [tokens.redact_hash(h) for h in client.get("token_hash", [])]
     if not data["demo"]["echo"]:

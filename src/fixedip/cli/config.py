@@ -26,8 +26,10 @@ def load_or_exit(path: Path | None) -> config_mod.Config:
 def check(
     file: Annotated[Path, typer.Argument(help="The TOML file to validate.", show_default=False)],
 ) -> None:
-    """Validate FILE and print the effective configuration (defaults filled in, secrets
-    redacted). Exit status 0 if valid, 2 if not."""
+    """Validate FILE and print the effective configuration.
+
+    Defaults are filled in and token hashes redacted. Exit status 0 if valid, 2 if not.
+    """
     config = load_or_exit(file)
     typer.echo(f"# {file}: valid. Effective configuration (token hashes redacted):")
     typer.echo(tomli_w.dumps(config_mod.redacted(config)), nl=False)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from fixedip.config import client_name_problem
 from fixedip.policy.tokens import hash_token, new_token
 
 app = typer.Typer(help="Create client tokens and their hashes.", no_args_is_help=True)
@@ -17,6 +18,10 @@ def new(
     name: Annotated[str, typer.Argument(help="The client name (the proxy user name).")],
 ) -> None:
     """Print a fresh token for client NAME and the config lines to paste."""
+    problem = client_name_problem(name)
+    if problem:
+        typer.echo(f"error: client name {name!r}: {problem}", err=True)
+        raise typer.Exit(2)
     token = new_token()
     typer.echo(f"token for {name} (shown once; give it to the function, keep it secret):")
     typer.echo(f"  {token}")

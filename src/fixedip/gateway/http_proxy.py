@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,8 @@ from fixedip.proto.http1 import (
 if TYPE_CHECKING:
     from fixedip.gateway.server import Gateway
 
+log = logging.getLogger("fixedip.http")
+
 IDLE, DIALING, FORWARDING, TUNNEL = range(4)
 
 _PROXY_AUTHENTICATE = (b"Proxy-Authenticate", b'Basic realm="fixedip", charset="UTF-8"')
@@ -53,7 +56,7 @@ class HttpProxySession(ClientSession):
         self.early: list[bytes] = []
         self.early_bytes = 0
         self.close_after = False
-        self.skipping = False
+        self.head_clock = False
         # current exchange
         self.req_done = False
         self.resp_done = False
@@ -77,7 +80,7 @@ class HttpProxySession(ClientSession):
 
     @property
     def idle(self) -> bool:
-        return self.state == IDLE and not self.queue and not self.parser.head_in_progress
+        return self.state == IDLE and not self.queue and not self.head_clock
 
     # client bytes ------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -92,7 +95,11 @@ class HttpProxySession(ClientSession):
                 self.pause("early")
             return
         if self.state == IDLE and not self.queue:
-            self.arm(self.gw.runtime.config.timeouts.header_s, "header")
+            if not self.head_clock:
+                # The header clock starts at a head's first byte and is not pushed out
+                # by later bytes: a client trickling a head (slowloris) still times out.
+                self.head_clock = True
+                self.arm(self.gw.runtime.config.timeouts.header_s, "header")
         else:
             self.touch(self.gw.runtime.config.timeouts.idle_s)
         try:
@@ -117,8 +124,6 @@ class HttpProxySession(ClientSession):
                 if isinstance(event, RequestHead):
                     self.start(event)
                     continue
-                if isinstance(event, EndOfMessage):
-                    self.skipping = False
                 # Body of a refused request, or the Upgrade after a refused CONNECT: dropped.
                 continue
             if self.state == FORWARDING:
@@ -133,7 +138,7 @@ class HttpProxySession(ClientSession):
             self.pause("busy")
 
     def on_timeout(self, reason: str) -> None:
-        if reason == "header" and self.state == IDLE and self.parser.head_in_progress:
+        if reason == "header" and self.state == IDLE and self.head_clock:
             self.transport_write(
                 http1.simple_response(408, b"request head timed out\n", close=True)
             )
@@ -144,6 +149,7 @@ class HttpProxySession(ClientSession):
     # one request -------------------------------------------------------------------
     def start(self, head: RequestHead) -> None:
         self.head = head
+        self.head_clock = False
         self.req_done = self.resp_done = self.resp_started = False
         self.upstream_reusable = False
         kind = "connect" if head.method == "CONNECT" else "http"
@@ -193,6 +199,10 @@ class HttpProxySession(ClientSession):
             return
         except Refused as exc:
             self.refused(exc.decision, exc.detail)
+            return
+        except Exception:
+            log.exception("internal error handling %s from %s", head.method, self.peer)
+            self.send_error(Decision(Reason.INTERNAL_ERROR), "", close=True)
             return
         if self.closed:
             dialed.upstream.close() if dialed.reused else dialed.upstream.abort()
@@ -458,7 +468,6 @@ class HttpProxySession(ClientSession):
         if close or self.close_after:
             self.close()
             return
-        self.skipping = True
         self.end_exchange()
 
     def local_request(
@@ -495,7 +504,6 @@ class HttpProxySession(ClientSession):
         if not head.keep_alive:
             self.close_after = True
         self.finish_record()
-        self.skipping = True
         self.end_exchange()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -510,6 +518,7 @@ def _message(decision: Decision, status: int) -> bytes:
         "client name and password = token.",
         403: "The gateway's policy does not allow this destination.",
         400: "Bad request.",
+        500: "The gateway hit an internal error; it is logged.",
         502: "The gateway could not reach the destination.",
         503: "The gateway cannot serve this now.",
         504: "The destination did not answer in time.",

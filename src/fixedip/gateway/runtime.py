@@ -122,16 +122,16 @@ async def dial(
             addresses = await resolver.resolve(host, rt.pool.families)
         except DNSError as exc:
             raise Refused(Decision(Reason.DNS_FAILED), str(exc)) from None
+    # Every answer is vetted, of any family: a name that points inside at all is refused.
+    for address in addresses:
+        verdict = rt.guard.vet(address, port)
+        if not verdict.allowed:
+            raise Refused(verdict, f"{host} -> {address}")
     usable = [a for a in addresses if _family(a) in rt.pool.families]
     if not usable:
         raise Refused(
             Decision(Reason.NO_ADDRESS_FOR_EGRESS), f"{host} has no address of the egress family"
         )
-    # Every answer is vetted: a name that points inside at all is refused outright.
-    for address in usable:
-        verdict = rt.guard.vet(address, port)
-        if not verdict.allowed:
-            raise Refused(verdict, f"{host} -> {address}")
     allowed: list[tuple[IPAddress, str | None]] = []
     refusal: Decision | None = None
     for address in usable:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from typing import TYPE_CHECKING
 
 from fixedip.config import ClientConfig
@@ -21,6 +22,9 @@ from fixedip.proto.socks5 import AuthRequest, Close, ConnectRequest, Event, Sock
 
 if TYPE_CHECKING:
     from fixedip.gateway.server import Gateway
+
+
+log = logging.getLogger("fixedip.socks")
 
 
 class SocksSession(ClientSession):
@@ -114,6 +118,10 @@ class SocksSession(ClientSession):
             )
         except Refused as exc:
             self.reply_failure(exc.decision)
+            return
+        except Exception:
+            log.exception("internal error handling SOCKS5 CONNECT from %s", self.peer)
+            self.reply_failure(Decision(Reason.INTERNAL_ERROR))
             return
         if self.closed:
             dialed.upstream.abort()

@@ -33,6 +33,7 @@ class Reason(StrEnum):
     BAD_REQUEST = "bad_request"
     NOT_SUPPORTED = "not_supported"
     SHUTTING_DOWN = "shutting_down"
+    INTERNAL_ERROR = "internal_error"
 
 
 # reason -> (HTTP status, RFC 9209 proxy error type)
@@ -56,6 +57,7 @@ _HTTP: dict[Reason, tuple[int, str]] = {
     Reason.BAD_REQUEST: (400, "http_request_error"),
     Reason.NOT_SUPPORTED: (501, "http_request_error"),
     Reason.SHUTTING_DOWN: (503, "proxy_internal_error"),
+    Reason.INTERNAL_ERROR: (500, "proxy_internal_error"),
 }
 
 # RFC 1928 section 6 reply codes

@@ -7,6 +7,7 @@ padding), so the cost can be raised later without breaking stored hashes.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -59,10 +60,20 @@ def hash_token(token: str) -> str:
 
 
 def is_token_hash(text: str) -> bool:
+    """Whether `text` is a well-formed hash that `verify_token` can check (not a token).
+
+    A truncated paste is refused here: its digest could never match.
+    """
     m = _HASH_RE.match(text)
     if m is None:
         return False
-    return 10 <= int(m["n"]) <= _MAX_LOG2_N and int(m["r"]) >= 1 and int(m["p"]) >= 1
+    if not (10 <= int(m["n"]) <= _MAX_LOG2_N and int(m["r"]) >= 1 and int(m["p"]) >= 1):
+        return False
+    try:
+        salt, digest = _unb64(m["salt"]), _unb64(m["digest"])
+    except binascii.Error:
+        return False
+    return len(salt) >= SALT_BYTES and len(digest) == DIGEST_BYTES
 
 
 def verify_token(token: str, stored: str) -> bool:
@@ -70,7 +81,10 @@ def verify_token(token: str, stored: str) -> bool:
     m = _HASH_RE.match(stored)
     if not m or not is_token_hash(stored):
         return False
-    digest = _scrypt(token, _unb64(m["salt"]), int(m["n"]), int(m["r"]), int(m["p"]))
+    try:
+        digest = _scrypt(token, _unb64(m["salt"]), int(m["n"]), int(m["r"]), int(m["p"]))
+    except (ValueError, UnicodeError):  # scrypt's memory limit; a token that is not text
+        return False
     return hmac.compare_digest(digest, _unb64(m["digest"]))
 
 

@@ -16,7 +16,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NoReturn
 
 import httptools
 
@@ -149,6 +149,7 @@ class _Parser:
         self._head: _HeadState | None = _HeadState()
         self._error: ProtocolError | None = None
         self._in_body = False
+        self._quiet_bytes = 0
 
     # httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -187,9 +188,23 @@ class _Parser:
     def on_message_complete(self) -> None:
         self._events.append(END)
 
-    def _fail(self, error: ProtocolError) -> None:
+    def _fail(self, error: ProtocolError) -> NoReturn:
         self._error = error
         raise error
+
+    def _bound_quiet_bytes(self, fed: int, head_before: _HeadState | None) -> None:
+        """Refuse a run of feeds that yields no event once it passes max_head_bytes.
+
+        httptools hands a header (or trailer) field over only when its line ends and
+        buffers it until then, so a value that never ends would otherwise grow without
+        limit. Buffered bytes stay below max_head_bytes plus one feed.
+        """
+        if self._events or self._head is not head_before:
+            self._quiet_bytes = 0
+            return
+        self._quiet_bytes += fed
+        if self._quiet_bytes > self._max_head:
+            self._fail(ProtocolError(431, "request header fields too large"))
 
     def _take(self) -> list[Event]:
         events, self._events = self._events, []
@@ -220,7 +235,10 @@ class RequestParser(_Parser):
         if version not in ("1.1", "1.0"):
             self._fail(ProtocolError(400, f"HTTP/{version} is not supported"))
         method = self._parser.get_method().decode("ascii")
-        chunked, length = _framing(head.headers)
+        try:
+            chunked, length = _framing(head.headers)
+        except ProtocolError as error:
+            self._fail(error)
         hosts = sum(1 for n, _ in head.headers if n.lower() == b"host")
         if hosts > 1:
             self._fail(ProtocolError(400, "more than one Host header"))
@@ -243,6 +261,7 @@ class RequestParser(_Parser):
             raise self._error
         if self._upgraded:
             raise RuntimeError("feed() after Upgrade: the bytes belong to the tunnel")
+        head_before = self._head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -260,6 +279,7 @@ class RequestParser(_Parser):
                 raise self._error from None
             self._error = ProtocolError(400, f"malformed request: {exc}")
             raise self._error from None
+        self._bound_quiet_bytes(len(data), head_before)
         return self._take()
 
 
@@ -310,6 +330,7 @@ class ResponseParser(_Parser):
     def feed(self, data: bytes) -> list[Event]:
         if self._error is not None:
             raise self._error
+        head_before = self._head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -320,7 +341,8 @@ class ResponseParser(_Parser):
                 raise self._error from None
             raise ProtocolError(502, "malformed upstream response") from exc
         except httptools.HttpParserUpgrade:
-            raise ProtocolError(502, "upstream switched protocols") from None
+            self._error = ProtocolError(502, "upstream switched protocols")
+            raise self._error from None
         except httptools.HttpParserError as exc:
             if self._done_early:
                 self._parser = httptools.HttpResponseParser(self)
@@ -329,6 +351,7 @@ class ResponseParser(_Parser):
                 raise self._error from None
             self._error = ProtocolError(502, f"malformed upstream response: {exc}")
             raise self._error from None
+        self._bound_quiet_bytes(len(data), head_before)
         return self._take()
 
     def feed_eof(self) -> list[Event]:
