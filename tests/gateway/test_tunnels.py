@@ -154,3 +154,60 @@ def test_https_through_connect_keeps_tls_end_to_end(make_gateway, tls_vendor) ->
     )
     assert r.status_code == 200
     assert r.json()["peer"] == ALLOWED_EGRESS
+
+
+def test_socks5_ipv6_destination_leaves_from_an_ipv6_egress(make_gateway) -> None:
+    server = socket.socket(socket.AF_INET6)
+    server.bind(("::1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        conn, addr = server.accept()
+        with conn:
+            conn.sendall(f"peer {addr[0]}\n".encode())
+
+    threading.Thread(target=answer, daemon=True).start()
+    gw = make_gateway(
+        egress={"ips": ["::1"]},
+        guard={"allow_cidrs": ["::1/128"]},
+        clients=[
+            {
+                "name": "billing",
+                "token_hash": token_hash("billing"),
+                "allow": ["[::1]:*"],
+                "connect_ports": [port],
+            }
+        ],
+    )
+    try:
+        with socket.create_connection(gw.socks, timeout=5) as s:
+            u, p = b"billing", TOKENS["billing"].encode()
+            s.sendall(b"\x05\x01\x02" + bytes([1, len(u)]) + u + bytes([len(p)]) + p)
+            assert s.recv(4) == b"\x05\x02\x01\x00"
+            s.sendall(
+                b"\x05\x01\x00\x04"
+                + socket.inet_pton(socket.AF_INET6, "::1")
+                + struct.pack("!H", port)
+            )
+            reply = s.recv(22)
+            assert reply[:4] == b"\x05\x00\x00\x04"
+            assert recv_until(s, b"\n") == b"peer ::1\n"
+    finally:
+        server.close()
+
+
+def test_socks5_ipv6_destination_with_ipv4_only_egress_is_unreachable(
+    tunnel_gateway: RunningGateway,
+) -> None:
+    with socket.create_connection(tunnel_gateway.socks, timeout=5) as s:
+        u, p = b"billing", TOKENS["billing"].encode()
+        s.sendall(b"\x05\x01\x02" + bytes([1, len(u)]) + u + bytes([len(p)]) + p)
+        assert s.recv(4) == b"\x05\x02\x01\x00"
+        # 2606:4700::1111 is public; with no IPv6 egress address it must never be tried
+        s.sendall(
+            b"\x05\x01\x00\x04"
+            + socket.inet_pton(socket.AF_INET6, "2606:4700::1111")
+            + struct.pack("!H", 443)
+        )
+        assert s.recv(22)[:2] == b"\x05\x03"

@@ -247,7 +247,7 @@ class HttpProxySession(ClientSession):
     def send_request(self, head: RequestHead, target: http1.Target, dialed: Dialed) -> None:
         up = dialed.upstream
         self.upstream = up
-        up.sink = self
+        up.attach(self)
         if up.parser is None:
             up.parser = http1.ResponseParser(self.gw.runtime.config.limits.max_header_bytes)
         up.parser.expect(head.method)

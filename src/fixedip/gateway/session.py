@@ -151,7 +151,7 @@ class ClientSession(asyncio.Protocol):
         """Relay raw bytes both ways from now on (CONNECT and SOCKS5 after the reply)."""
         self.tunnel = True
         self.upstream = upstream
-        upstream.sink = self
+        upstream.attach(self)
         self.gw.metrics.tunnel_opened()
         if early:
             self._count_up(len(early))

@@ -48,7 +48,18 @@ class UpstreamError(Exception):
 class Upstream(asyncio.Protocol):
     """One connection to a destination; bytes go to `sink`, or close it when idle."""
 
-    __slots__ = ("closed", "idle_handle", "key", "parser", "pool", "sink", "transport")
+    __slots__ = (
+        "closed",
+        "early",
+        "early_eof",
+        "idle_handle",
+        "in_pool",
+        "key",
+        "parser",
+        "pool",
+        "sink",
+        "transport",
+    )
 
     def __init__(self, key: PoolKey, pool: UpstreamPool) -> None:
         self.key = key
@@ -58,6 +69,26 @@ class Upstream(asyncio.Protocol):
         self.parser: ResponseParser | None = None
         self.idle_handle: asyncio.TimerHandle | None = None
         self.closed = False
+        self.in_pool = False
+        # A fresh connection may hear from a server that speaks first (SMTP, SSH)
+        # before its session attaches: keep those bytes for it.
+        self.early: list[bytes] = []
+        self.early_eof = False
+
+    def attach(self, sink: Sink) -> None:
+        """Hand the connection to `sink`, delivering anything that arrived before."""
+        self.sink = sink
+        self.in_pool = False
+        early, self.early = self.early, []
+        if early and self.transport is not None:
+            self.transport.resume_reading()
+        for data in early:
+            sink.upstream_data(data)
+        if self.early_eof and self.sink is sink:
+            sink.upstream_eof()
+        if self.closed and self.sink is sink:  # it went away before anyone owned it
+            self.sink = None
+            sink.upstream_lost(None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -65,14 +96,21 @@ class Upstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.sink is not None:
             self.sink.upstream_data(data)
-        else:  # an idle pooled connection must stay silent
+        elif self.in_pool:  # an idle pooled connection must stay silent
             self.close()
+        else:
+            self.early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         if self.sink is not None:
             self.sink.upstream_eof()
             return True
-        return False
+        if self.in_pool:
+            return False
+        self.early_eof = True
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -136,6 +174,7 @@ class UpstreamPool:
             return
         if up.transport is not None:
             up.transport.resume_reading()
+        up.in_pool = True
         conns.append(up)
         up.idle_handle = asyncio.get_running_loop().call_later(self.idle_s, up.close)
 
