@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 from typing import Any
 
@@ -86,11 +87,17 @@ class Gateway:
                 self.echo = await start_echo(str(config.demo.echo.host), config.demo.echo.port)
             if config.listen.http is not None:
                 self.servers["http"] = await self._listen(
-                    config.listen.http.host, config.listen.http.port, lambda: HttpProxySession(self)
+                    "HTTP proxy",
+                    config.listen.http.host,
+                    config.listen.http.port,
+                    lambda: HttpProxySession(self),
                 )
             if config.listen.socks is not None:
                 self.servers["socks"] = await self._listen(
-                    config.listen.socks.host, config.listen.socks.port, lambda: SocksSession(self)
+                    "SOCKS5 proxy",
+                    config.listen.socks.host,
+                    config.listen.socks.port,
+                    lambda: SocksSession(self),
                 )
             if config.listen.admin is not None:
                 self.admin = await start_admin(
@@ -98,19 +105,22 @@ class Gateway:
                 )
         except OSError as exc:
             await self.close()
-            raise StartupError(f"cannot listen: {exc.strerror or exc}") from None
+            raise StartupError(str(exc.strerror or exc)) from None
         self.runtime = Runtime(config, previous=self.runtime, listeners=self.listener_endpoints())
         for state in self.runtime.pool.states:
             self.metrics.set_egress(str(state.bind), str(state.public), state.up)
         self._tasks.append(self.loop.create_task(self._health_loop()))
 
-    async def _listen(self, host: Any, port: int, factory: Any) -> asyncio.Server:
+    async def _listen(self, what: str, host: Any, port: int, factory: Any) -> asyncio.Server:
         try:
             return await self.loop.create_server(
                 factory, str(host), port, reuse_address=True, backlog=LISTEN_BACKLOG
             )
         except OSError as exc:
-            raise OSError(exc.errno, f"{host}:{port}: {exc.strerror}") from None
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(
+                exc.errno, f"cannot listen for the {what} on {host}:{port}: {why.lower()}"
+            ) from None
 
     def listener_endpoints(self) -> list[tuple[IPAddress, int]]:
         return [
@@ -156,6 +166,11 @@ class Gateway:
                 await asyncio.wait_for(self._all_closed.wait(), grace_s)
         for session in list(self.sessions):
             session.abort()
+        if self.sessions:
+            # abort() reports connection_lost on a later loop iteration: wait for it, so
+            # the flow records of the sessions cut here are written before the log closes.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), 1.0)
         await self.close()
 
     async def close(self) -> None:
@@ -192,16 +207,44 @@ class Gateway:
             why = probe_bind(ip.bind)
             if why is not None:
                 log.error(
-                    "reload refused, keeping the running configuration: egress IP %s: %s",
+                    "reload refused, keeping the running configuration: %s: egress IP %s: %s",
+                    config.source,
                     ip.bind,
                     why,
                 )
                 return False
+        flowlog = None
+        if config.log.flow != old.log.flow:
+            flowlog = FlowLog(config.log.flow)
+            try:
+                flowlog.start()
+            except OSError as exc:
+                log.error(
+                    "reload refused, keeping the running configuration: %s: log.flow: %s",
+                    config.source,
+                    exc,
+                )
+                return False
+        if config.demo != old.demo:
+            log.warning("[demo] changed in %s: it applies after a restart", config.source)
         self.runtime = Runtime(config, previous=self.runtime, listeners=self.listener_endpoints())
         if config.dns != old.dns:
             self.resolver = self._resolver(config)
-        if config.log.flow == old.log.flow:
-            self.flowlog.reopen()
+        self.upstreams.idle_s = config.timeouts.upstream_idle_s
+        self.upstreams.per_key = config.limits.pool_per_destination
+        logging.getLogger("fixedip").setLevel(config.log.level.upper())
+        if flowlog is not None:
+            previous_log, self.flowlog = self.flowlog, flowlog
+            self._tasks.append(self.loop.create_task(previous_log.close()))
+        else:
+            try:
+                self.flowlog.reopen()  # lets logrotate move the file and SIGHUP us
+            except OSError as exc:
+                log.warning(
+                    "flow log: could not reopen %s, still writing to the old file: %s",
+                    config.log.flow,
+                    exc,
+                )
         for state in self.runtime.pool.states:
             self.metrics.set_egress(str(state.bind), str(state.public), state.up)
         log.info("configuration reloaded from %s", config.source)

@@ -64,7 +64,7 @@ def is_token_hash(text: str) -> bool:
 
     A truncated paste is refused here: its digest could never match.
     """
-    m = _HASH_RE.match(text)
+    m = _HASH_RE.fullmatch(text)
     if m is None:
         return False
     if not (10 <= int(m["n"]) <= _MAX_LOG2_N and int(m["r"]) >= 1 and int(m["p"]) >= 1):
@@ -78,7 +78,7 @@ def is_token_hash(text: str) -> bool:
 
 def verify_token(token: str, stored: str) -> bool:
     """Constant-time check of `token` against one stored hash; False for a malformed hash."""
-    m = _HASH_RE.match(stored)
+    m = _HASH_RE.fullmatch(stored)
     if not m or not is_token_hash(stored):
         return False
     try:
@@ -90,7 +90,7 @@ def verify_token(token: str, stored: str) -> bool:
 
 def redact_hash(stored: str) -> str:
     """Enough of a hash to tell two apart in `config check`, not enough to attack it."""
-    m = _HASH_RE.match(stored)
+    m = _HASH_RE.fullmatch(stored)
     if not m:
         return "(invalid)"
     return f"scrypt${m['n']}${m['r']}${m['p']}$…{m['digest'][-6:]}"

@@ -183,7 +183,8 @@ class _Parser:
             self._fail(ProtocolError(431, "request header fields too large"))
 
     def on_body(self, body: bytes) -> None:
-        self._events.append(Body(body))
+        if body:  # llhttp reports an empty span on an empty feed; chunk(b"") would end a body
+            self._events.append(Body(body))
 
     def on_message_complete(self) -> None:
         self._events.append(END)
@@ -218,6 +219,7 @@ class RequestParser(_Parser):
         super().__init__(max_head_bytes)
         self._parser = httptools.HttpRequestParser(self)
         self._upgraded = False
+        self._connect = False
 
     @property
     def head_in_progress(self) -> bool:
@@ -242,6 +244,11 @@ class RequestParser(_Parser):
         hosts = sum(1 for n, _ in head.headers if n.lower() == b"host")
         if hosts > 1:
             self._fail(ProtocolError(400, "more than one Host header"))
+        self._connect = method == "CONNECT"
+        if self._parser.should_upgrade() and not self._connect and (chunked or length):
+            # llhttp skips the body of a request asking to switch protocols (Connection:
+            # upgrade); we never switch, so that body would reach the upstream unframed.
+            self._fail(ProtocolError(400, "a request asking to switch protocols has a body"))
         self._events.append(
             RequestHead(
                 method=method,
@@ -263,11 +270,7 @@ class RequestParser(_Parser):
             raise RuntimeError("feed() after Upgrade: the bytes belong to the tunnel")
         head_before = self._head
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            offset = upgrade.args[0] if upgrade.args else len(data)
-            self._events.append(Upgrade(bytes(data[offset:])))
-            self._upgraded = True
+            leftover = self._execute(data)
         except ProtocolError:
             raise
         except httptools.HttpParserCallbackError as exc:
@@ -279,8 +282,29 @@ class RequestParser(_Parser):
                 raise self._error from None
             self._error = ProtocolError(400, f"malformed request: {exc}")
             raise self._error from None
+        if leftover is not None:
+            self._events.append(Upgrade(leftover))
+            self._upgraded = True
         self._bound_quiet_bytes(len(data), head_before)
         return self._take()
+
+    def _execute(self, data: bytes) -> bytes | None:
+        """Feed llhttp; returns the bytes after a CONNECT head, which belong to the tunnel.
+
+        llhttp also stops after a request asking for another protocol (Connection:
+        upgrade). Only CONNECT hands the connection over: Upgrade is hop-by-hop and never
+        forwarded, so parsing goes on with the next request.
+        """
+        view = memoryview(data)
+        while True:
+            try:
+                self._parser.feed_data(view)
+                return None
+            except httptools.HttpParserUpgrade as upgrade:
+                offset = upgrade.args[0] if upgrade.args else len(view)
+                if self._connect:
+                    return bytes(view[offset:])
+                view = view[offset:]
 
 
 class ResponseParser(_Parser):
