@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-dev run test lint typecheck fmt clean
+.PHONY: install install-dev run test lint fmt fuzz bench clean
 
 # The venv and the package with its server extra; re-runs only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -32,6 +32,18 @@ test: install-dev lint
 lint: install-dev
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
+
+# Coverage-guided fuzzing (atheris) of the HTTP head parser, the SOCKS5 parser and the
+# config loader, for a bounded time (FUZZ_SECONDS per target). Crashes land in fuzz/crashes/.
+FUZZ_SECONDS ?= 60
+fuzz: install-dev
+	$(BIN)/pip install --quiet atheris
+	scripts/isolated $(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS)
+
+# Benchmarks against peers (nginx origin, squid, tinyproxy, proxy.py) on loopback; writes
+# benchmarks/results/latest.{json,md}. Installs its peers (apt, and proxy.py in its own venv).
+bench: install-dev
+	benchmarks/run $(BENCH_ARGS)
 
 fmt: install-dev
 	$(BIN)/ruff format src tests

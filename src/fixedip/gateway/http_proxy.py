@@ -72,7 +72,7 @@ class HttpProxySession(ClientSession):
 
     def refuse_capacity(self) -> None:
         self.send_error(
-            Decision(Reason.SHUTTING_DOWN if self.gw.draining else Reason.EGRESS_UNAVAILABLE),
+            Decision(Reason.SHUTTING_DOWN if self.gw.draining else Reason.OVERLOADED),
             "the gateway is at its connection limit; retry shortly",
             close=True,
             retry_after=1,
@@ -87,7 +87,7 @@ class HttpProxySession(ClientSession):
         if self.state == TUNNEL:
             self.tunnel_data(data)
             return
-        if self.parser_upgraded:
+        if self.parser.upgraded:
             # CONNECT being dialed: these bytes belong to the tunnel once it opens.
             self.early.append(data)
             self.early_bytes += len(data)
@@ -110,10 +110,6 @@ class HttpProxySession(ClientSession):
         if events:
             self.queue.extend(events)
             self.pump()
-
-    @property
-    def parser_upgraded(self) -> bool:
-        return self.parser._upgraded
 
     def pump(self) -> None:
         queue = self.queue

@@ -34,6 +34,7 @@ class Reason(StrEnum):
     NOT_SUPPORTED = "not_supported"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL_ERROR = "internal_error"
+    OVERLOADED = "overloaded"
 
 
 # reason -> (HTTP status, RFC 9209 proxy error type)
@@ -58,6 +59,7 @@ _HTTP: dict[Reason, tuple[int, str]] = {
     Reason.NOT_SUPPORTED: (501, "http_request_error"),
     Reason.SHUTTING_DOWN: (503, "proxy_internal_error"),
     Reason.INTERNAL_ERROR: (500, "proxy_internal_error"),
+    Reason.OVERLOADED: (503, "connection_limit_reached"),
 }
 
 # RFC 1928 section 6 reply codes
@@ -81,6 +83,8 @@ _SOCKS: dict[Reason, int] = {
     Reason.UPSTREAM_CLOSED: SOCKS_GENERAL_FAILURE,
     Reason.EGRESS_UNAVAILABLE: SOCKS_GENERAL_FAILURE,
     Reason.SHUTTING_DOWN: SOCKS_GENERAL_FAILURE,
+    Reason.OVERLOADED: SOCKS_GENERAL_FAILURE,
+    Reason.INTERNAL_ERROR: SOCKS_GENERAL_FAILURE,
     Reason.NOT_SUPPORTED: SOCKS_COMMAND_NOT_SUPPORTED,
     Reason.BAD_REQUEST: SOCKS_GENERAL_FAILURE,
 }

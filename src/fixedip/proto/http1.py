@@ -222,6 +222,11 @@ class RequestParser(_Parser):
         self._connect = False
 
     @property
+    def upgraded(self) -> bool:
+        """True once a CONNECT head was parsed: later bytes belong to the tunnel."""
+        return self._upgraded
+
+    @property
     def head_in_progress(self) -> bool:
         """True while a head has started but not finished (the header timeout runs)."""
         return (
