@@ -16,6 +16,7 @@ from tests.helpers import (
     VendorServer,
     gateway_config,
 )
+from tests.serve import serve  # noqa: F401  (the `serve` fixture: fixedip serve in a subprocess)
 
 
 @pytest.fixture

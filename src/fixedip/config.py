@@ -237,6 +237,8 @@ class TimeoutsConfig(_Section):
 class LimitsConfig(_Section):
     max_header_bytes: int = Field(default=65536, ge=1024, le=1 << 20, strict=True)
     max_connections: int = Field(default=10_000, ge=1, strict=True)
+    max_connections_per_client: int = Field(default=1_000, ge=1, strict=True)
+    max_body_bytes: int = Field(default=0, ge=0, strict=True)
     pool_per_destination: int = Field(default=32, ge=0, strict=True)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_signals import ServeProcess
+from tests.serve import ServeProcess
 
 DEMO_EGRESS = "127.0.0.10"
 TRY_IT = "curl -x http://demo:demo@127.0.0.1:3128 http://127.0.0.1:8080/"

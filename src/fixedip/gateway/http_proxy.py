@@ -40,6 +40,7 @@ IDLE, DIALING, FORWARDING, TUNNEL = range(4)
 
 _PROXY_AUTHENTICATE = (b"Proxy-Authenticate", b'Basic realm="fixedip", charset="UTF-8"')
 _LOCAL_PATHS = (b"/whoami", b"/egress")
+RETRY_AFTER_S = 1
 
 
 class HttpProxySession(ClientSession):
@@ -75,7 +76,6 @@ class HttpProxySession(ClientSession):
             Decision(Reason.SHUTTING_DOWN if self.gw.draining else Reason.OVERLOADED),
             "the gateway is at its connection limit; retry shortly",
             close=True,
-            retry_after=1,
         )
 
     @property
@@ -179,6 +179,11 @@ class HttpProxySession(ClientSession):
             if not decision.allowed:
                 raise Refused(decision)
             assert client is not None
+            if not self.claim(client.name):
+                raise Refused(Decision(Reason.CLIENT_LIMIT))
+            limit = rt.config.limits.max_body_bytes
+            if limit and (head.content_length or 0) > limit:
+                raise Refused(Decision(Reason.BODY_TOO_LARGE), f"body over {limit} bytes")
             dialed = await dial(
                 rt,
                 self.gw.resolver,
@@ -269,11 +274,26 @@ class HttpProxySession(ClientSession):
     def forward_body(self, data: bytes) -> None:
         if self.record is not None:
             self.record.bytes_up += len(data)
+            limit = self.gw.runtime.config.limits.max_body_bytes
+            if limit and self.record.bytes_up > limit:  # a chunked body that keeps growing
+                self.body_too_large()
+                return
         up = self.upstream
         if up is None:
             return
         assert self.head is not None
         up.write(http1.chunk(data) if self.head.chunked else data)
+
+    def body_too_large(self) -> None:
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.abort()
+        self.queue.clear()
+        if self.resp_started:
+            self.finish_record(Reason.BODY_TOO_LARGE)
+            self.abort()
+        else:
+            self.send_error(Decision(Reason.BODY_TOO_LARGE), "", close=True)
 
     def request_ended(self) -> None:
         assert self.head is not None
@@ -452,6 +472,8 @@ class HttpProxySession(ClientSession):
         extra = [(b"Proxy-Status", decision.proxy_status().encode())]
         if status == 407:
             extra.append(_PROXY_AUTHENTICATE)
+        if status == 503 and retry_after is None:
+            retry_after = RETRY_AFTER_S
         if retry_after is not None:
             extra.append((b"Retry-After", str(retry_after).encode()))
         message = _message(decision, status)
@@ -514,6 +536,7 @@ def _message(decision: Decision, status: int) -> bytes:
         "client name and password = token.",
         403: "The gateway's policy does not allow this destination.",
         400: "Bad request.",
+        413: "The request body is larger than the gateway forwards (limits.max_body_bytes).",
         500: "The gateway hit an internal error; it is logged.",
         502: "The gateway could not reach the destination.",
         503: "The gateway cannot serve this now.",

@@ -49,6 +49,7 @@ class Gateway:
         self.metrics = Metrics()
         self.flowlog = FlowLog(config.log.flow)
         self.sessions: set[ClientSession] = set()
+        self.client_connections: dict[str, int] = {}
         self.draining = False
         self.servers: dict[str, asyncio.Server] = {}
         self.admin: AdminServer | None = None
@@ -272,6 +273,21 @@ class Gateway:
             self.metrics.connection_closed(session.listener)
             if self.draining and not self.sessions:
                 self._all_closed.set()
+
+    def claim_client(self, name: str) -> bool:
+        """Count one more connection for client `name`; False if it is at its cap."""
+        held = self.client_connections.get(name, 0)
+        if held >= self.runtime.config.limits.max_connections_per_client:
+            return False
+        self.client_connections[name] = held + 1
+        return True
+
+    def release_client(self, name: str) -> None:
+        held = self.client_connections.get(name, 0) - 1
+        if held > 0:
+            self.client_connections[name] = held
+        else:
+            self.client_connections.pop(name, None)
 
     def over_capacity(self) -> bool:
         return len(self.sessions) > self.runtime.config.limits.max_connections

@@ -46,6 +46,7 @@ class ClientSession(asyncio.Protocol):
         self._client_eof = False
         self._upstream_eof = False
         self._writing_paused = False
+        self.claimed: str | None = None
 
     # lifecycle ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -66,7 +67,21 @@ class ClientSession(asyncio.Protocol):
         if up is not None:
             up.abort() if not self.tunnel else up.close()
         self.finish_record()
+        if self.claimed is not None:
+            self.gw.release_client(self.claimed)
+            self.claimed = None
         self.gw.session_closed(self)
+
+    def claim(self, client: str) -> bool:
+        """Count this connection against `client`'s cap (once, however many requests)."""
+        if self.claimed == client:
+            return True
+        if not self.gw.claim_client(client):
+            return False
+        if self.claimed is not None:
+            self.gw.release_client(self.claimed)
+        self.claimed = client
+        return True
 
     def refuse_capacity(self) -> None:
         """Over `limits.max_connections`: say so (where the protocol can) and close."""
@@ -120,8 +135,11 @@ class ClientSession(asyncio.Protocol):
         """(Re)set the one deadline this connection has; `on_timeout(reason)` fires at it."""
         self._deadline = self.loop.time() + seconds
         self._timeout_reason = reason
-        if self._timer is None:
-            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+        if self._timer is not None:
+            if self._timer.when() <= self._deadline:
+                return  # it fires first and re-arms itself for the rest
+            self._timer.cancel()
+        self._timer = self.loop.call_at(self._deadline, self._check_deadline)
 
     def touch(self, seconds: float) -> None:
         """Push the deadline out on activity; cheap enough for every chunk."""

@@ -104,6 +104,9 @@ class SocksSession(ClientSession):
             self.reply_failure(Decision(Reason.BAD_REQUEST))
             return
         record.host, record.port = host, request.port
+        if not self.claim(self.client.name):
+            self.reply_failure(Decision(Reason.CLIENT_LIMIT))
+            return
         try:
             dialed = await dial(
                 rt,

@@ -35,6 +35,8 @@ class Reason(StrEnum):
     SHUTTING_DOWN = "shutting_down"
     INTERNAL_ERROR = "internal_error"
     OVERLOADED = "overloaded"
+    CLIENT_LIMIT = "client_connection_limit"
+    BODY_TOO_LARGE = "body_too_large"
 
 
 # reason -> (HTTP status, RFC 9209 proxy error type)
@@ -60,6 +62,8 @@ _HTTP: dict[Reason, tuple[int, str]] = {
     Reason.SHUTTING_DOWN: (503, "proxy_internal_error"),
     Reason.INTERNAL_ERROR: (500, "proxy_internal_error"),
     Reason.OVERLOADED: (503, "connection_limit_reached"),
+    Reason.CLIENT_LIMIT: (503, "connection_limit_reached"),
+    Reason.BODY_TOO_LARGE: (413, "http_request_error"),
 }
 
 # RFC 1928 section 6 reply codes
@@ -84,6 +88,7 @@ _SOCKS: dict[Reason, int] = {
     Reason.EGRESS_UNAVAILABLE: SOCKS_GENERAL_FAILURE,
     Reason.SHUTTING_DOWN: SOCKS_GENERAL_FAILURE,
     Reason.OVERLOADED: SOCKS_GENERAL_FAILURE,
+    Reason.CLIENT_LIMIT: SOCKS_GENERAL_FAILURE,
     Reason.INTERNAL_ERROR: SOCKS_GENERAL_FAILURE,
     Reason.NOT_SUPPORTED: SOCKS_COMMAND_NOT_SUPPORTED,
     Reason.BAD_REQUEST: SOCKS_GENERAL_FAILURE,
