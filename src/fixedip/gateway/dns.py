@@ -65,6 +65,14 @@ class Resolver:
         )
         self._inflight: dict[tuple[str, int], asyncio.Future[list[IPAddress]]] = {}
 
+    def cached(self, host: str, families: frozenset[int]) -> list[IPAddress] | None:
+        """The cached answer if one is fresh, without waiting; the same list object is
+        returned for as long as it stays cached (callers may memoise on its identity)."""
+        hit = self._cache.get((host, hash(families)))
+        if hit is not None and hit[0] > time.monotonic() and hit[1] is not None:
+            return hit[1]
+        return None
+
     async def resolve(self, host: str, families: frozenset[int]) -> list[IPAddress]:
         """Addresses of `host` in the given families (AF_INET / AF_INET6), in answer order."""
         key = (host, hash(families))

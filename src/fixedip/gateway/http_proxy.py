@@ -15,9 +15,9 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from fixedip.config import ClientConfig
-from fixedip.gateway.runtime import Dialed, Refused, dial
+from fixedip.gateway.runtime import Attempt, Dialed, Refused, Runtime, dial, dial_now
 from fixedip.gateway.session import MAX_EARLY_BYTES, ClientSession
-from fixedip.policy.auth import Credentials, parse_basic
+from fixedip.policy.auth import parse_basic
 from fixedip.policy.decision import Decision, Reason
 from fixedip.proto import http1
 from fixedip.proto.http1 import (
@@ -58,6 +58,9 @@ class HttpProxySession(ClientSession):
         self.early_bytes = 0
         self.close_after = False
         self.head_clock = False
+        self.pumping = False
+        self.out: list[bytes] | None = None  # writes collected while a batch is processed
+        self.auth_memo: tuple[Runtime, bytes | None, ClientConfig | None, Decision] | None = None
         # current exchange
         self.req_done = False
         self.resp_done = False
@@ -112,6 +115,19 @@ class HttpProxySession(ClientSession):
             self.pump()
 
     def pump(self) -> None:
+        """Feed queued events to the current exchange. Not re-entrant: a call from inside
+        (a request that completed synchronously) returns, and this loop carries on."""
+        if self.pumping:
+            return
+        self.pumping = True
+        try:
+            self._pump()
+        finally:
+            self.pumping = False
+        if self.queue and self.state != IDLE:
+            self.pause("busy")
+
+    def _pump(self) -> None:
         queue = self.queue
         while queue and not self.closed:
             event = queue[0]
@@ -130,8 +146,6 @@ class HttpProxySession(ClientSession):
                     self.request_ended()
                 continue
             break  # DIALING / waiting for the response: the rest waits
-        if queue and self.state != IDLE:
-            self.pause("busy")
 
     def on_timeout(self, reason: str) -> None:
         if reason == "header" and self.state == IDLE and self.head_clock:
@@ -157,35 +171,77 @@ class HttpProxySession(ClientSession):
         self.arm(self.gw.runtime.config.timeouts.idle_s, "exchange")
         if self.gw.draining:
             self.close_after = True
-        self.dial_task = self.loop.create_task(self.handle(head))
+        rt = self.gw.runtime
+        tunnel = head.method == "CONNECT"
+        try:
+            prepared = self.prepare(head)
+            if prepared is None:
+                return  # answered by the gateway itself
+            client, target = prepared
+            result = dial_now(
+                rt,
+                self.gw.resolver,
+                self.gw.upstreams,
+                client,
+                target.host,
+                target.port,
+                target.is_ip,
+                tunnel=tunnel,
+            )
+        except Exception as exc:
+            self.failed(head, exc)
+            return
+        if isinstance(result, Dialed):
+            self.dialed(head, target, result)
+        else:
+            self.dial_task = self.loop.create_task(self.dial_slowly(head, client, target, result))
 
-    async def handle(self, head: RequestHead) -> None:
+    def prepare(self, head: RequestHead) -> tuple[ClientConfig, http1.Target] | None:
+        """Everything decided without waiting: who is asking, for where, within limits."""
         rt = self.gw.runtime
         record = self.record
         assert record is not None
+        client, decision = self.authenticate(head)
+        if client is not None:
+            record.client = client.name
+        if head.method == "CONNECT":
+            target = http1.parse_connect_target(head.target)
+        elif head.target.startswith(b"/"):
+            self.local_request(head, client, decision)
+            return None
+        else:
+            target = http1.parse_absolute_target(head.target)
+            self.check_host_header(head, target)
+        record.host, record.port = target.host, target.port
+        if not decision.allowed:
+            raise Refused(decision)
+        assert client is not None
+        if not self.claim(client.name):
+            raise Refused(Decision(Reason.CLIENT_LIMIT))
+        limit = rt.config.limits.max_body_bytes
+        if limit and (head.content_length or 0) > limit:
+            raise Refused(Decision(Reason.BODY_TOO_LARGE), f"body over {limit} bytes")
+        return client, target
+
+    def authenticate(self, head: RequestHead) -> tuple[ClientConfig | None, Decision]:
+        """The verdict on this request's credentials, memoised for the connection: the
+        peer is fixed, so the same header under the same configuration means the same."""
+        value = head.get(b"proxy-authorization")
+        rt = self.gw.runtime
+        memo = self.auth_memo
+        if memo is not None and memo[0] is rt and memo[1] == value:
+            return memo[2], memo[3]
+        creds = parse_basic(value) if value is not None else None
+        client, decision = rt.auth.check(creds, self.peer_ip)
+        self.auth_memo = (rt, value, client, decision)
+        return client, decision
+
+    async def dial_slowly(
+        self, head: RequestHead, client: ClientConfig, target: http1.Target, attempt: Attempt
+    ) -> None:
         try:
-            client, decision = rt.auth.check(self.auth_credentials(head), self.peer_ip)
-            if client is not None:
-                record.client = client.name
-            if head.method == "CONNECT":
-                target = http1.parse_connect_target(head.target)
-            elif head.target.startswith(b"/"):
-                self.local_request(head, client, decision)
-                return
-            else:
-                target = http1.parse_absolute_target(head.target)
-                self.check_host_header(head, target)
-            record.host, record.port = target.host, target.port
-            if not decision.allowed:
-                raise Refused(decision)
-            assert client is not None
-            if not self.claim(client.name):
-                raise Refused(Decision(Reason.CLIENT_LIMIT))
-            limit = rt.config.limits.max_body_bytes
-            if limit and (head.content_length or 0) > limit:
-                raise Refused(Decision(Reason.BODY_TOO_LARGE), f"body over {limit} bytes")
             dialed = await dial(
-                rt,
+                self.gw.runtime,
                 self.gw.resolver,
                 self.gw.upstreams,
                 self.gw.metrics,
@@ -194,31 +250,34 @@ class HttpProxySession(ClientSession):
                 target.port,
                 target.is_ip,
                 tunnel=head.method == "CONNECT",
+                attempt=attempt,
             )
-        except ProtocolError as exc:
+        except Exception as exc:
+            self.failed(head, exc)
+            return
+        self.dialed(head, target, dialed)
+
+    def failed(self, head: RequestHead, exc: Exception) -> None:
+        if isinstance(exc, ProtocolError):
             self.protocol_error(exc)
-            return
-        except Refused as exc:
+        elif isinstance(exc, Refused):
             self.refused(exc.decision, exc.detail)
-            return
-        except Exception:
-            log.exception("internal error handling %s from %s", head.method, self.peer)
+        else:
+            log.error("internal error handling %s from %s", head.method, self.peer, exc_info=exc)
             self.send_error(Decision(Reason.INTERNAL_ERROR), "", close=True)
-            return
-        if self.closed:
+
+    def dialed(self, head: RequestHead, target: http1.Target, dialed: Dialed) -> None:
+        record = self.record
+        if self.closed or record is None:
             dialed.upstream.close() if dialed.reused else dialed.upstream.abort()
             return
-        record.resolved = str(dialed.address)
-        record.egress, record.egress_public = str(dialed.egress.bind), str(dialed.egress.public)
+        record.resolved = dialed.address_text
+        record.egress, record.egress_public = dialed.egress.bind_text, dialed.egress.public_text
         record.rule = dialed.rule
         if head.method == "CONNECT":
             self.open_tunnel(dialed)
         else:
             self.send_request(head, target, dialed)
-
-    def auth_credentials(self, head: RequestHead) -> Credentials | None:
-        value = head.get(b"proxy-authorization")
-        return parse_basic(value) if value is not None else None
 
     def check_host_header(self, head: RequestHead, target: http1.Target) -> None:
         host = head.get(b"host")
@@ -320,6 +379,17 @@ class HttpProxySession(ClientSession):
         self.response_events(events)
 
     def response_events(self, events: list[Event]) -> None:
+        # One write per batch of events: a small response leaves in one segment.
+        outer = self.out is None
+        if outer:
+            self.out = []
+        try:
+            self._response_events(events)
+        finally:
+            if outer:
+                self.flush_out()
+
+    def _response_events(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, Body):
                 if self.record is not None:
@@ -435,8 +505,19 @@ class HttpProxySession(ClientSession):
 
     # answers the gateway gives itself --------------------------------------------
     def transport_write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
+        if self.out is not None:
+            self.out.append(data)
+        elif self.transport is not None and not self.closed:
             self.transport.write(data)
+
+    def flush_out(self) -> None:
+        out, self.out = self.out, None
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def close(self) -> None:
+        self.flush_out()
+        super().close()
 
     def protocol_error(self, exc: ProtocolError) -> None:
         if self.record is None:

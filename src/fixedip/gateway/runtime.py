@@ -48,6 +48,23 @@ class Dialed:
     reused: bool
     rule: str | None
 
+    @property
+    def address_text(self) -> str:
+        return _address_text(self.address)
+
+
+_TEXT_CACHE_MAX = 4096
+_texts: dict[IPAddress, str] = {}
+
+
+def _address_text(address: IPAddress) -> str:
+    text = _texts.get(address)
+    if text is None:
+        if len(_texts) >= _TEXT_CACHE_MAX:
+            _texts.clear()
+        text = _texts[address] = str(address)
+    return text
+
 
 def _family(address: IPAddress) -> int:
     return socket.AF_INET if address.version == 4 else socket.AF_INET6
@@ -85,13 +102,137 @@ class Runtime:
         allow_endpoints = []
         if config.demo.echo is not None:
             allow_endpoints.append((config.demo.echo.host, config.demo.echo.port))
-        local = [ip.bind for ip in config.egress.ips] + [h for h, _ in own]
+        # A cloud 1:1-NATs an egress IP's public address onto its bind address, so a
+        # connection to the public address hairpins back to what listens on the bind.
+        nat = {ip.public: ip.bind for ip in config.egress.ips if ip.public is not None}
+        own = own + [(public, port) for public, bind in nat.items() for h, port in own if h == bind]
+        local = [ip.bind for ip in config.egress.ips] + list(nat) + [h for h, _ in own]
         self.guard = Guard(
             allow_cidrs=config.guard.allow_cidrs,
             allow_endpoints=allow_endpoints,
             own_endpoints=own,
             local_addresses=local,
         )
+        self.router = Router(self)
+
+
+Route = list[tuple[IPAddress, "str | None"]]
+ROUTE_CACHE_MAX = 4096
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What `dial_now` settled before it had to wait: the route, and the egress whose
+    round-robin turn it already took (so the slow path does not take another)."""
+
+    route: Route | None = None
+    egress: EgressState | None = None
+
+
+class Router:
+    """Guard and rules over a destination's addresses, memoised per configuration.
+
+    A route is kept while its answer is the very list object the DNS cache holds (or,
+    for an IP literal, for good), so a keep-alive client pays for policy once, not per
+    request; a new DNS answer or a reload computes it afresh.
+    """
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._routes: dict[tuple[str, str, int, bool], tuple[object, Route]] = {}
+        self._literals: dict[str, list[IPAddress]] = {}
+
+    def literal(self, host: str) -> list[IPAddress]:
+        found = self._literals.get(host)
+        if found is None:
+            if len(self._literals) >= ROUTE_CACHE_MAX:
+                self._literals.clear()
+            found = self._literals[host] = [ipaddress.ip_address(host)]
+        return found
+
+    def route(
+        self, client: ClientConfig, host: str, port: int, addresses: list[IPAddress], tunnel: bool
+    ) -> Route:
+        key = (client.name, host, port, tunnel)
+        hit = self._routes.get(key)
+        if hit is not None and hit[0] is addresses:
+            return hit[1]
+        route = self._decide(client, host, port, addresses)
+        if len(self._routes) >= ROUTE_CACHE_MAX:
+            self._routes.clear()
+        self._routes[key] = (addresses, route)
+        return route
+
+    def _decide(
+        self, client: ClientConfig, host: str, port: int, addresses: list[IPAddress]
+    ) -> Route:
+        rt = self.rt
+        rules = rt.rules[client.name]
+        early = rules.prefilter(host, port)
+        if early is not None:
+            raise Refused(early)
+        # Every answer is vetted, of any family: a name that points inside at all is refused.
+        for address in addresses:
+            verdict = rt.guard.vet(address, port)
+            if not verdict.allowed:
+                raise Refused(verdict, f"{host} -> {address}")
+        usable = [a for a in addresses if _family(a) in rt.pool.families]
+        if not usable:
+            raise Refused(
+                Decision(Reason.NO_ADDRESS_FOR_EGRESS),
+                f"{host} has no address of the egress family",
+            )
+        allowed: Route = []
+        refusal: Decision | None = None
+        for address in usable:
+            verdict = rules.decide(host, port, address)
+            if verdict.reason is Reason.DESTINATION_DENIED:
+                raise Refused(verdict, f"{host} -> {address}")
+            if verdict.allowed:
+                allowed.append((address, verdict.rule))
+            elif refusal is None:
+                refusal = verdict
+        if not allowed:
+            raise Refused(refusal or Decision(Reason.DESTINATION_NOT_ALLOWED))
+        return allowed
+
+
+def _check_port(client: ClientConfig, port: int, tunnel: bool) -> None:
+    if tunnel and port not in client.connect_ports:
+        raise Refused(
+            Decision(Reason.PORT_NOT_ALLOWED, rule=f"clients.{client.name}.connect_ports")
+        )
+
+
+def dial_now(
+    rt: Runtime,
+    resolver: Resolver,
+    upstreams: UpstreamPool,
+    client: ClientConfig,
+    host: str,
+    port: int,
+    is_ip: bool,
+    *,
+    tunnel: bool,
+) -> Dialed | Attempt:
+    """The synchronous fast path: a cached answer and an idle pooled connection mean a
+    request is decided and on its way without a task. Otherwise returns what it settled
+    for `dial` to finish. Raises Refused like `dial`."""
+    _check_port(client, port, tunnel)
+    addresses = rt.router.literal(host) if is_ip else resolver.cached(host, rt.pool.families)
+    if addresses is None:
+        return Attempt()
+    route = rt.router.route(client, host, port, addresses, tunnel)
+    if tunnel:
+        return Attempt(route)
+    address, rule = route[0]
+    egress = rt.pool.choose(client.name, client.egress, _family(address))
+    if egress is None:
+        raise Refused(Decision(Reason.EGRESS_UNAVAILABLE), "no usable egress IP for this client")
+    up = upstreams.take((egress.bind, address, port))
+    if up is not None:
+        return Dialed(up, address, egress, True, rule)
+    return Attempt(route, egress)
 
 
 async def dial(
@@ -105,51 +246,37 @@ async def dial(
     is_ip: bool,
     *,
     tunnel: bool,
+    attempt: Attempt | None = None,
 ) -> Dialed:
     """Decide and connect; raises Refused with the deciding Decision."""
-    if tunnel and port not in client.connect_ports:
-        raise Refused(
-            Decision(Reason.PORT_NOT_ALLOWED, rule=f"clients.{client.name}.connect_ports")
-        )
-    rules = rt.rules[client.name]
-    early = rules.prefilter(host, port)
-    if early is not None:
-        raise Refused(early)
-    if is_ip:
-        addresses: list[IPAddress] = [ipaddress.ip_address(host)]
-    else:
-        try:
-            addresses = await resolver.resolve(host, rt.pool.families)
-        except DNSError as exc:
-            raise Refused(Decision(Reason.DNS_FAILED), str(exc)) from None
-    # Every answer is vetted, of any family: a name that points inside at all is refused.
-    for address in addresses:
-        verdict = rt.guard.vet(address, port)
-        if not verdict.allowed:
-            raise Refused(verdict, f"{host} -> {address}")
-    usable = [a for a in addresses if _family(a) in rt.pool.families]
-    if not usable:
-        raise Refused(
-            Decision(Reason.NO_ADDRESS_FOR_EGRESS), f"{host} has no address of the egress family"
-        )
-    allowed: list[tuple[IPAddress, str | None]] = []
-    refusal: Decision | None = None
-    for address in usable:
-        verdict = rules.decide(host, port, address)
-        if verdict.reason is Reason.DESTINATION_DENIED:
-            raise Refused(verdict, f"{host} -> {address}")
-        if verdict.allowed:
-            allowed.append((address, verdict.rule))
-        elif refusal is None:
-            refusal = verdict
-    if not allowed:
-        raise Refused(refusal or Decision(Reason.DESTINATION_NOT_ALLOWED))
+    attempt = attempt or Attempt()
+    route = attempt.route
+    if route is None:
+        _check_port(client, port, tunnel)
+        early = rt.rules[client.name].prefilter(host, port)
+        if early is not None:
+            raise Refused(early)
+        if is_ip:
+            addresses = rt.router.literal(host)
+        else:
+            try:
+                addresses = await resolver.resolve(host, rt.pool.families)
+            except DNSError as exc:
+                raise Refused(Decision(Reason.DNS_FAILED), str(exc)) from None
+        route = rt.router.route(client, host, port, addresses, tunnel)
 
+    first_choice = attempt.egress
     last: UpstreamError | None = None
-    for address, rule in allowed:
+    for address, rule in route:
         tried: set[IPAddress] = set()
         while True:
-            egress = rt.pool.choose(client.name, client.egress, _family(address), frozenset(tried))
+            if first_choice is not None:
+                egress: EgressState | None = first_choice
+                first_choice = None
+            else:
+                egress = rt.pool.choose(
+                    client.name, client.egress, _family(address), frozenset(tried)
+                )
             if egress is None:
                 raise Refused(
                     Decision(Reason.EGRESS_UNAVAILABLE), "no usable egress IP for this client"
@@ -164,13 +291,13 @@ async def dial(
                 up = await connect(key, upstreams, rt.config.timeouts.connect_s)
             except EgressDown as exc:
                 rt.pool.mark_down(egress, str(exc))
-                metrics.set_egress(str(egress.bind), str(egress.public), False)
+                metrics.set_egress(egress.bind_text, egress.public_text, False)
                 tried.add(egress.bind)
                 continue
             except UpstreamError as exc:
                 last = exc
                 break
-            metrics.observe_connect(str(egress.bind), time.perf_counter() - started)
+            metrics.observe_connect(egress.bind_text, time.perf_counter() - started)
             return Dialed(up, address, egress, False, rule)
     assert last is not None
     raise Refused(Decision(last.reason), last.detail)

@@ -129,8 +129,8 @@ class SocksSession(ClientSession):
         if self.closed:
             dialed.upstream.abort()
             return
-        record.resolved = str(dialed.address)
-        record.egress, record.egress_public = str(dialed.egress.bind), str(dialed.egress.public)
+        record.resolved = dialed.address_text
+        record.egress, record.egress_public = dialed.egress.bind_text, dialed.egress.public_text
         record.rule = dialed.rule
         record.status = 0
         bound = ("0.0.0.0", 0)

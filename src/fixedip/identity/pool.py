@@ -34,6 +34,12 @@ class EgressState:
     reason: str = ""
     since: float = field(default_factory=time.time)
     connections: int = 0
+    # Text forms, made once: the flow log and metrics want them on every request.
+    bind_text: str = ""
+    public_text: str = ""
+
+    def __post_init__(self) -> None:
+        self.bind_text, self.public_text = str(self.bind), str(self.public)
 
     @property
     def family(self) -> int:

@@ -60,7 +60,7 @@ class FlowRecord:
 
     def to_json(self) -> str:
         """One JSON line (without the newline) with exactly the documented keys."""
-        return json.dumps(self._fields(), separators=(",", ":"))
+        return _ENCODE(self._fields())
 
     def _fields(self) -> dict[str, Any]:
         return {
@@ -85,11 +85,21 @@ class FlowRecord:
         }
 
 
+# json.dumps(separators=...) builds a new encoder per call; one shared encoder does not.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def _iso_utc_ms(epoch_s: float) -> str:
     """`2024-05-01T12:00:00.123Z`: ISO 8601, UTC, millisecond precision (truncated)."""
+    global _second_cache
     whole = int(epoch_s // 1)
     millis = int((epoch_s - whole) * 1000.0)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    cached_whole, prefix = _second_cache
+    if cached_whole != whole:  # records of one second share their formatted prefix
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second_cache = (whole, prefix)
+    return f"{prefix}.{millis:03d}Z"
 
 
 def _open_flow_file(path: str) -> int:
