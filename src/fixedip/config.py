@@ -306,7 +306,14 @@ class DemoConfig(_Section):
     echo: EndpointField | None = None
 
 
+class ServerConfig(_Section):
+    """The process model."""
+
+    workers: int = Field(default=1, ge=1, le=64, strict=True)
+
+
 class Config(_Section):
+    server: ServerConfig = ServerConfig()
     listen: ListenConfig = ListenConfig()
     egress: EgressConfig
     dns: DnsConfig = DnsConfig()
@@ -332,6 +339,14 @@ class Config(_Section):
     # Messages of the model validators start with their key path (see _format_errors).
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        if self.server.workers > 1:
+            for name in ("http", "socks", "admin"):
+                endpoint = getattr(self.listen, name)
+                if endpoint is not None and endpoint.port == 0:
+                    raise ValueError(
+                        f"listen.{name}: port 0 cannot be shared by {self.server.workers} "
+                        "workers; give a fixed port or set server.workers = 1"
+                    )
         first: dict[str, int] = {}
         for i, client in enumerate(self.clients):
             if client.name in first:
@@ -427,6 +442,12 @@ def parse(text: str, source: str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays and inline tables.
+        raise ConfigError(
+            f"{source}: arrays or inline tables are nested too deeply; no setting needs more "
+            "than two levels"
+        ) from None
     return from_mapping(data, source)
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from fixedip.cli.config import load_or_exit
-from fixedip.config import EMBEDDED_DEFAULT
+from fixedip.config import EMBEDDED_DEFAULT, Config
 
 log = logging.getLogger("fixedip")
 
@@ -45,8 +46,8 @@ def serve(
         runner = uvloop.run
     from fixedip.gateway.server import Gateway, StartupError, run
 
-    def announce(gateway: Gateway) -> None:
-        addrs = gateway.addresses()
+    def announce(gateway: Gateway | None) -> None:
+        addrs = gateway.addresses() if gateway is not None else _configured_addresses(cfg)
         source = cfg.source if cfg.source != EMBEDDED_DEFAULT else "the embedded demo configuration"
         lines = [f"fixedip {_version()} serving {source}"]
         for name in ("http", "socks", "admin", "echo"):
@@ -61,13 +62,17 @@ def serve(
                 lines.append(f"  {what:22} {host}:{port}")
         ips = ", ".join(str(ip.seen_as) for ip in cfg.egress.ips)
         lines.append(f"  egress IPs             {ips} ({cfg.egress.strategy})")
-        if "echo" in addrs and "http" in addrs:
+        if cfg.server.workers > 1:
+            lines.append(f"  workers                {cfg.server.workers} (SO_REUSEPORT)")
+        if cfg.source == EMBEDDED_DEFAULT and "echo" in addrs and "http" in addrs:
             eh, ep = addrs["echo"]
             ph, pp = addrs["http"]
             lines.append("try it:")
             lines.append(f"  curl -x http://demo:demo@{ph}:{pp} http://{eh}:{ep}/")
         print("\n".join(lines), file=sys.stderr, flush=True)
 
+    if cfg.server.workers > 1:
+        raise typer.Exit(_serve_workers(cfg, str(config) if config else None, announce))
     try:
         status = runner(run(cfg, str(config) if config else None, announce))
     except StartupError as exc:
@@ -76,6 +81,28 @@ def serve(
     except KeyboardInterrupt:
         status = 0
     raise typer.Exit(status)
+
+
+def _configured_addresses(cfg: Config) -> dict[str, tuple[str, int]]:
+    out = {}
+    for name in ("http", "socks", "admin"):
+        endpoint = getattr(cfg.listen, name)
+        if endpoint is not None:
+            out[name] = (str(endpoint.host), endpoint.port)
+    if cfg.demo.echo is not None:
+        out["echo"] = (str(cfg.demo.echo.host), cfg.demo.echo.port)
+    return out
+
+
+def _serve_workers(cfg: Config, path: str | None, announce: Callable[[None], None]) -> int:
+    from fixedip.gateway.workers import Supervisor
+
+    supervisor = Supervisor(cfg, path)
+    if not supervisor.start():
+        typer.echo("error: a worker failed to start (its message is above)", err=True)
+        return 2
+    announce(None)
+    return supervisor.run()
 
 
 def _version() -> str:

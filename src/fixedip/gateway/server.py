@@ -38,8 +38,14 @@ class StartupError(Exception):
 
 
 class Gateway:
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None = None, worker: int = 0, workers: int = 1
+    ) -> None:
         self.loop = asyncio.get_running_loop()
+        # With several workers each process binds the proxy ports with SO_REUSEPORT (the
+        # kernel spreads connections); the admin API and the demo echo live in worker 0.
+        self.worker = worker
+        self.workers = workers
         self.config_path = config_path
         self.runtime = Runtime(config)
         self.resolver = self._resolver(config)
@@ -84,7 +90,7 @@ class Gateway:
         except OSError as exc:
             raise StartupError(f"log.flow: cannot open {config.log.flow!r}: {exc}") from None
         try:
-            if config.demo.echo is not None:
+            if config.demo.echo is not None and self.worker == 0:
                 self.echo = await start_echo(str(config.demo.echo.host), config.demo.echo.port)
             if config.listen.http is not None:
                 self.servers["http"] = await self._listen(
@@ -100,7 +106,7 @@ class Gateway:
                     config.listen.socks.port,
                     lambda: SocksSession(self),
                 )
-            if config.listen.admin is not None:
+            if config.listen.admin is not None and self.worker == 0:
                 self.admin = await start_admin(
                     str(config.listen.admin.host), config.listen.admin.port, _AdminAdapter(self)
                 )
@@ -115,7 +121,12 @@ class Gateway:
     async def _listen(self, what: str, host: Any, port: int, factory: Any) -> asyncio.Server:
         try:
             return await self.loop.create_server(
-                factory, str(host), port, reuse_address=True, backlog=LISTEN_BACKLOG
+                factory,
+                str(host),
+                port,
+                reuse_address=True,
+                reuse_port=self.workers > 1,
+                backlog=LISTEN_BACKLOG,
             )
         except OSError as exc:
             why = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -356,9 +367,15 @@ class _AdminAdapter:
         return self.gateway.metrics_text()
 
 
-async def run(config: Config, config_path: str | None, on_ready: Any = None) -> int:
+async def run(
+    config: Config,
+    config_path: str | None,
+    on_ready: Any = None,
+    worker: int = 0,
+    workers: int = 1,
+) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status."""
-    gateway = Gateway(config, config_path)
+    gateway = Gateway(config, config_path, worker=worker, workers=workers)
     try:
         await gateway.start()
     except StartupError:
