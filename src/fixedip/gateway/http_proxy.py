@@ -283,7 +283,8 @@ class HttpProxySession(ClientSession):
         host = head.get(b"host")
         if host is None:
             return
-        h, _, port = http1.parse_authority(host, target.port)
+        # A Host without a port means 80 (RFC 9110 section 7.2): absolute-form is http://.
+        h, _, port = http1.parse_authority(host, 80)
         if h != target.host or port != target.port:
             raise ProtocolError(400, "Host header disagrees with the request target")
 
@@ -527,7 +528,11 @@ class HttpProxySession(ClientSession):
     def refused(self, decision: Decision, detail: str = "", force_close: bool = False) -> None:
         head = self.head
         close = (
-            force_close or head is None or head.method == "CONNECT" or not self._request_complete()
+            force_close
+            or head is None
+            or not head.keep_alive  # the client asked for Connection: close
+            or head.method == "CONNECT"
+            or not self._request_complete()
         )
         self.send_error(decision, detail, close=close)
 

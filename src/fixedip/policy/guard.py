@@ -147,6 +147,9 @@ def _endpoint(address: IPAddress, port: int) -> str:
 
 
 _DENY_TABLES = _tables(DEFAULT_DENY)
+_REACHES_IPV4 = frozenset(
+    {"ipv4-compatible", "ipv4-mapped", "ipv4-translated", "nat64", "6to4", "teredo"}
+)
 
 
 class Guard:
@@ -156,7 +159,9 @@ class Guard:
     loop (even when an exception covers it); an exact `allow_endpoints` entry or an
     `allow_cidrs` network is allowed; an address on the deny list, or one the standard
     library calls non-public, is denied; anything else is allowed. An IPv4-mapped IPv6
-    address is also judged as the IPv4 address it reaches.
+    address is also judged as the IPv4 address it reaches, and an IPv6 exception opens a
+    range that reaches IPv4 (mapped, compatible, NAT64, 6to4, Teredo) only when the
+    exception lies inside that range.
     """
 
     __slots__ = (
@@ -223,7 +228,17 @@ class Guard:
         # A zone id picks an interface; only an exact endpoint may grant that.
         if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
             return False
-        return self._allow_cidrs[address.version].lookup(address) is not None
+        hit = self._allow_cidrs[address.version].lookup(address)
+        if hit is None:
+            return False
+        # A range that reaches an IPv4 address (::ffff:169.254.169.254, NAT64, 6to4...)
+        # opens only to an exception inside it: a broad ::/0 or 2000::/3 is about IPv6.
+        denied = _DENY_TABLES[address.version].lookup(address)
+        return (
+            denied is None
+            or denied[1] not in _REACHES_IPV4
+            or hit[0].prefixlen >= denied[0].prefixlen
+        )
 
 
 def _deny_decision(address: IPAddress) -> Decision:
