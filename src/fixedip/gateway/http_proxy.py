@@ -313,10 +313,11 @@ class HttpProxySession(ClientSession):
             up.parser = http1.ResponseParser(self.gw.runtime.config.limits.max_header_bytes)
         up.parser.expect(head.method)
         self.resp_head_method = head.method
-        headers = http1.end_to_end(head.headers)
-        if head.get(b"host") is None:
-            authority = target.authority if target.port != 80 else target.authority[: -len(":80")]
-            headers.insert(0, (b"Host", authority.encode()))
+        # Host is always the target's authority (RFC 9112 section 3.2.2), never the
+        # client's spelling of it: the vendor sees one canonical name.
+        headers = [(k, v) for k, v in http1.end_to_end(head.headers) if k.lower() != b"host"]
+        authority = target.authority if target.port != 80 else target.authority[: -len(":80")]
+        headers.insert(0, (b"Host", authority.encode()))
         if head.chunked:
             headers.append((b"Transfer-Encoding", b"chunked"))
         elif head.content_length is not None:
@@ -391,7 +392,7 @@ class HttpProxySession(ClientSession):
                 self.flush_out()
 
     def _response_events(self, events: list[Event]) -> None:
-        for event in events:
+        for i, event in enumerate(events):
             if isinstance(event, Body):
                 if self.record is not None:
                     self.record.bytes_down += len(event.data)
@@ -404,7 +405,14 @@ class HttpProxySession(ClientSession):
                 if self.resp_chunked:
                     self.transport_write(http1.LAST_CHUNK)
                 self.resp_done = True
+                if i + 1 < len(events):
+                    # The upstream sent more than one answer to one request. Whatever
+                    # follows must never reach the client as the answer to its next
+                    # request (possibly for another destination): drop it and the
+                    # connection.
+                    self.upstream_reusable = False
                 self.maybe_complete()
+                return
 
     def response_head(self, resp: ResponseHead) -> None:
         assert self.head is not None
@@ -523,6 +531,14 @@ class HttpProxySession(ClientSession):
     def protocol_error(self, exc: ProtocolError) -> None:
         if self.record is None:
             self.new_record("http", None)
+        if self.head is not None and self.resp_started:
+            # A response is already going out: a 400 now would be spliced into it.
+            up, self.upstream = self.upstream, None
+            if up is not None:
+                up.abort()
+            self.finish_record(Reason.BAD_REQUEST)
+            self.abort()
+            return
         self.send_error(Decision(Reason.BAD_REQUEST), exc.message, status=exc.status, close=True)
 
     def refused(self, decision: Decision, detail: str = "", force_close: bool = False) -> None:

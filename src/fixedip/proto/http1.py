@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import sys
 from dataclasses import dataclass, field
 from typing import Final, NoReturn
 
@@ -22,6 +23,9 @@ import httptools
 
 MAX_HEADERS: Final = 100
 DEFAULT_MAX_HEAD_BYTES: Final = 65536
+# One chunk-size line: size, extensions and CRLF. llhttp reads extensions without keeping
+# them, but sets no bound; 16 KiB is the bound Node.js settled on (CVE-2024-22019).
+MAX_CHUNK_LINE_BYTES: Final = 16384
 _HEADER_OVERHEAD: Final = 4  # ": " and CRLF
 
 # RFC 9110 section 7.6.1 and the proxy-specific ones: never forwarded.
@@ -40,6 +44,8 @@ HOP_BY_HOP: Final = frozenset(
 )
 # Headers a client may not remove from forwarding by naming them in `Connection`.
 _PROTECTED: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
+# Spellings that servers mapping header names to variables (CGI, WSGI) read as framing.
+_FRAMING_LOOKALIKES: Final = frozenset({b"transfer_encoding", b"content_length"})
 
 _CTL_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _DNS_NAME = re.compile(
@@ -66,13 +72,16 @@ class RequestHead:
     keep_alive: bool
     chunked: bool
     content_length: int | None
+    # Lowercase header names, parallel to `headers`: lowered once, looked up many times.
+    lnames: list[bytes] = field(default_factory=list, compare=False, repr=False)
 
     def get(self, name: bytes) -> bytes | None:
         """The first value of header `name` (lowercase)."""
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
+        lnames = self.lnames or [k.lower() for k, _ in self.headers]
+        try:
+            return self.headers[lnames.index(name)][1]
+        except ValueError:
+            return None
 
     @property
     def has_body(self) -> bool:
@@ -88,6 +97,7 @@ class ResponseHead:
     keep_alive: bool
     chunked: bool
     content_length: int | None
+    lnames: list[bytes] = field(default_factory=list, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -116,6 +126,7 @@ END: Final = EndOfMessage()
 class _HeadState:
     url: bytearray = field(default_factory=bytearray)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    lnames: list[bytes] = field(default_factory=list)
     size: int = 0
     reason: bytes = b""
 
@@ -135,13 +146,24 @@ def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
             if length is not None or not value.isdigit() or len(value) > 18:
                 raise ProtocolError(400, "Content-Length must be one non-negative integer")
             length = int(value)
+        elif lname in _FRAMING_LOOKALIKES:
+            raise ProtocolError(400, f"header {name.decode()!r} looks like a framing header")
     if chunked and length is not None:
         raise ProtocolError(400, "Content-Length together with Transfer-Encoding")
     return chunked, length
 
 
+def _keep_alive(should_keep_alive: bool, chunked: bool, version: str) -> bool:
+    # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing;
+    # it is processed, then the connection closes, so a peer that framed it otherwise
+    # cannot slip anything after it.
+    return should_keep_alive and not (chunked and version == "1.0")
+
+
 class _Parser:
     """Shared callback plumbing for the request and response parsers."""
+
+    _bad_status = 400
 
     def __init__(self, max_head_bytes: int) -> None:
         self._max_head = max_head_bytes
@@ -150,11 +172,16 @@ class _Parser:
         self._error: ProtocolError | None = None
         self._in_body = False
         self._quiet_bytes = 0
+        self._body_left = 0  # bytes of a Content-Length or close-delimited body to come
+        self._chunk_line: int | None = None  # bytes of the chunk-size line being read
+        self._chunk_headers = 0  # chunk-size lines completed so far
 
     # httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._head = _HeadState()
         self._in_body = False
+        self._body_left = 0
+        self._chunk_line = None
 
     def on_url(self, url: bytes) -> None:
         head = self._head
@@ -178,6 +205,7 @@ class _Parser:
         if _CTL_IN_VALUE.search(value):
             self._fail(ProtocolError(400, "control character in a header value"))
         head.headers.append((name, value))
+        head.lnames.append(name.lower())
         head.size += len(name) + len(value) + _HEADER_OVERHEAD
         if head.size > self._max_head or len(head.headers) > MAX_HEADERS:
             self._fail(ProtocolError(431, "request header fields too large"))
@@ -185,9 +213,26 @@ class _Parser:
     def on_body(self, body: bytes) -> None:
         if body:  # llhttp reports an empty span on an empty feed; chunk(b"") would end a body
             self._events.append(Body(body))
+            self._body_left = max(0, self._body_left - len(body))
+
+    def on_chunk_header(self) -> None:
+        self._chunk_headers += 1
+        self._chunk_line = None
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_line = 0
 
     def on_message_complete(self) -> None:
         self._events.append(END)
+        self._body_left = 0
+        self._chunk_line = None
+
+    def _start_body(self, chunked: bool, identity_bytes: int) -> None:
+        """A body follows the head just parsed: chunked, or `identity_bytes` long."""
+        if chunked:
+            self._chunk_line = 0
+        else:
+            self._body_left = identity_bytes
 
     def _fail(self, error: ProtocolError) -> NoReturn:
         self._error = error
@@ -210,6 +255,52 @@ class _Parser:
     def _take(self) -> list[Event]:
         events, self._events = self._events, []
         return events
+
+    def _feed_llhttp(
+        self,
+        parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
+        data: bytes,
+        start: int = 0,
+    ) -> None:
+        """Feed `data[start:]` to `parser`, in pieces wherever a chunk-size line may be.
+
+        A chunk-size line holds no LF and starts right after the LF that ended the head or
+        the previous chunk, so a line crossing a piece boundary is measured exactly from
+        the LFs around it, and a line inside one piece is shorter than the piece. Identity
+        bodies, the bulk of the bytes, go through in one call. HttpParserUpgrade carries
+        its offset in `data`.
+        """
+        end = len(data)
+        view = memoryview(data)
+        pos = start
+        while pos < end:
+            stop = min(end, pos + (self._body_left or MAX_CHUNK_LINE_BYTES))
+            line_before, headers_before = self._chunk_line, self._chunk_headers
+            try:
+                parser.feed_data(view[pos:stop])
+            except httptools.HttpParserUpgrade as upgrade:
+                offset = upgrade.args[0] if upgrade.args else stop - pos
+                raise httptools.HttpParserUpgrade(pos + offset) from None
+            if line_before is not None:
+                if self._chunk_headers == headers_before:
+                    self._chunk_line = line_before + stop - pos  # the same line goes on
+                    self._check_chunk_line(self._chunk_line)
+                else:
+                    self._check_chunk_line(line_before + data.find(b"\n", pos, stop) + 1 - pos)
+            if self._chunk_line is not None and (
+                line_before is None or self._chunk_headers != headers_before
+            ):
+                self._chunk_line = stop - data.rfind(b"\n", pos, stop) - 1
+                self._check_chunk_line(self._chunk_line)
+            pos = stop
+
+    def _check_chunk_line(self, size: int) -> None:
+        if size > MAX_CHUNK_LINE_BYTES:
+            self._fail(
+                ProtocolError(
+                    self._bad_status, f"chunk-size line over {MAX_CHUNK_LINE_BYTES} bytes"
+                )
+            )
 
 
 class RequestParser(_Parser):
@@ -260,12 +351,15 @@ class RequestParser(_Parser):
                 target=bytes(head.url),
                 version=version,
                 headers=head.headers,
-                keep_alive=self._parser.should_keep_alive(),
+                keep_alive=_keep_alive(self._parser.should_keep_alive(), chunked, version),
                 chunked=chunked,
                 content_length=length,
+                lnames=head.lnames,
             )
         )
         self._in_body = True
+        if not self._connect:
+            self._start_body(chunked, length or 0)
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse `data`; raises ProtocolError for input that must be refused."""
@@ -300,20 +394,21 @@ class RequestParser(_Parser):
         upgrade). Only CONNECT hands the connection over: Upgrade is hop-by-hop and never
         forwarded, so parsing goes on with the next request.
         """
-        view = memoryview(data)
+        start = 0
         while True:
             try:
-                self._parser.feed_data(view)
+                self._feed_llhttp(self._parser, data, start)
                 return None
             except httptools.HttpParserUpgrade as upgrade:
-                offset = upgrade.args[0] if upgrade.args else len(view)
+                start = upgrade.args[0]
                 if self._connect:
-                    return bytes(view[offset:])
-                view = view[offset:]
+                    return data[start:]
 
 
 class ResponseParser(_Parser):
     """Upstream side. Call `expect(method)` before each response so HEAD is framed right."""
+
+    _bad_status = 502
 
     def __init__(self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
         super().__init__(max_head_bytes)
@@ -337,13 +432,16 @@ class ResponseParser(_Parser):
         chunked, length = _framing(head.headers)
         bodiless = self._no_body or status in (204, 304) or 100 <= status < 200
         self.close_delimited = not bodiless and not chunked and length is None
+        if not bodiless:
+            self._start_body(chunked, sys.maxsize if self.close_delimited else length or 0)
         self._events.append(
             ResponseHead(
                 status=status,
                 reason=bytes(head.reason),
                 version=version,
                 headers=head.headers,
-                keep_alive=self._parser.should_keep_alive() and not self.close_delimited,
+                keep_alive=_keep_alive(self._parser.should_keep_alive(), chunked, version)
+                and not self.close_delimited,
                 chunked=chunked and not bodiless,
                 content_length=length,
             )
@@ -361,7 +459,7 @@ class ResponseParser(_Parser):
             raise self._error
         head_before = self._head
         try:
-            self._parser.feed_data(data)
+            self._feed_llhttp(self._parser, data)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadDone) or self._done_early:
                 self._parser = httptools.HttpResponseParser(self)
@@ -526,13 +624,18 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return frozenset(names)
 
 
+def _is_proxy_header(lname: bytes) -> bool:
+    """`Proxy-*` fields are about the hop to a proxy; a bare `Proxy` is httpoxy bait."""
+    return lname.startswith(b"proxy-") or lname == b"proxy"
+
+
 def end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Headers minus hop-by-hop ones, framing headers included (the caller re-frames)."""
     listed = connection_tokens(headers)
     out = []
     for k, v in headers:
         lk = k.lower()
-        if lk in HOP_BY_HOP or lk in listed or lk == b"content-length":
+        if lk in HOP_BY_HOP or lk in listed or lk == b"content-length" or _is_proxy_header(lk):
             continue
         out.append((k, v))
     return out
