@@ -41,6 +41,7 @@ IDLE, DIALING, FORWARDING, TUNNEL = range(4)
 _PROXY_AUTHENTICATE = (b"Proxy-Authenticate", b'Basic realm="fixedip", charset="UTF-8"')
 _LOCAL_PATHS = (b"/whoami", b"/egress")
 RETRY_AFTER_S = 1
+_HOST = frozenset({b"host"})
 
 
 class HttpProxySession(ClientSession):
@@ -315,7 +316,7 @@ class HttpProxySession(ClientSession):
         self.resp_head_method = head.method
         # Host is always the target's authority (RFC 9112 section 3.2.2), never the
         # client's spelling of it: the vendor sees one canonical name.
-        headers = [(k, v) for k, v in http1.end_to_end(head.headers) if k.lower() != b"host"]
+        headers = http1.end_to_end(head.headers, head.lnames, drop=_HOST)
         authority = target.authority if target.port != 80 else target.authority[: -len(":80")]
         headers.insert(0, (b"Host", authority.encode()))
         if head.chunked:
@@ -423,7 +424,7 @@ class HttpProxySession(ClientSession):
         self.resp_started = True
         if self.record is not None:
             self.record.status = resp.status
-        headers = http1.end_to_end(resp.headers)
+        headers = http1.end_to_end(resp.headers, resp.lnames)
         bodiless = self.resp_head_method == "HEAD" or resp.status in (204, 304)
         self.resp_chunked = False
         up_parser = self.upstream.parser if self.upstream else None

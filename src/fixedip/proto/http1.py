@@ -12,6 +12,7 @@ vendor sees are always well formed whatever the client sent.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -46,6 +47,7 @@ HOP_BY_HOP: Final = frozenset(
 _PROTECTED: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
 # Spellings that servers mapping header names to variables (CGI, WSGI) read as framing.
 _FRAMING_LOOKALIKES: Final = frozenset({b"transfer_encoding", b"content_length"})
+_NOTHING: Final[frozenset[bytes]] = frozenset()
 
 _CTL_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _DNS_NAME = re.compile(
@@ -131,13 +133,21 @@ class _HeadState:
     reason: bytes = b""
 
 
-def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
+_FRAMING_NAMES: Final = frozenset({b"transfer-encoding", b"content-length"}) | _FRAMING_LOOKALIKES
+
+
+def _framing(
+    headers: list[tuple[bytes, bytes]], lnames: list[bytes] | None = None
+) -> tuple[bool, int | None]:
     """(chunked, content_length) from headers, refusing any ambiguity."""
+    if lnames is None:
+        lnames = [k.lower() for k, _ in headers]
+    if _FRAMING_NAMES.isdisjoint(lnames):
+        return False, None  # the common GET: nothing to check
     chunked = False
     length: int | None = None
     te_seen = False
-    for name, value in headers:
-        lname = name.lower()
+    for lname, (name, value) in zip(lnames, headers, strict=True):
         if lname == b"transfer-encoding":
             if te_seen or value.lower() != b"chunked":
                 raise ProtocolError(400, "Transfer-Encoding must be exactly one 'chunked'")
@@ -334,7 +344,7 @@ class RequestParser(_Parser):
             self._fail(ProtocolError(400, f"HTTP/{version} is not supported"))
         method = self._parser.get_method().decode("ascii")
         try:
-            chunked, length = _framing(head.headers)
+            chunked, length = _framing(head.headers, head.lnames)
         except ProtocolError as error:
             self._fail(error)
         hosts = sum(1 for n, _ in head.headers if n.lower() == b"host")
@@ -429,7 +439,7 @@ class ResponseParser(_Parser):
         if version not in ("1.1", "1.0"):
             self._fail(ProtocolError(502, f"upstream spoke HTTP/{version}"))
         status = self._parser.get_status_code()
-        chunked, length = _framing(head.headers)
+        chunked, length = _framing(head.headers, head.lnames)
         bodiless = self._no_body or status in (204, 304) or 100 <= status < 200
         self.close_delimited = not bodiless and not chunked and length is None
         if not bodiless:
@@ -444,6 +454,7 @@ class ResponseParser(_Parser):
                 and not self.close_delimited,
                 chunked=chunked and not bodiless,
                 content_length=length,
+                lnames=head.lnames,
             )
         )
         self._in_body = True
@@ -556,6 +567,7 @@ def _port(text: str, default: int | None) -> int:
     return int(text)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_authority(raw: bytes, default_port: int | None) -> tuple[str, bool, int]:
     """`host:port` / `[v6]:port` as in CONNECT and Host; returns (host, is_ip, port)."""
     try:
@@ -612,11 +624,17 @@ def parse_absolute_target(raw: bytes) -> Target:
 # Serialisation -----------------------------------------------------------------------
 
 
-def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+def connection_tokens(
+    headers: list[tuple[bytes, bytes]], lnames: list[bytes] | None = None
+) -> frozenset[bytes]:
     """Header names a sender listed in `Connection` (to drop), minus the protected ones."""
+    if lnames is None:
+        lnames = [k.lower() for k, _ in headers]
+    if b"connection" not in lnames:
+        return _NOTHING
     names: set[bytes] = set()
-    for k, v in headers:
-        if k.lower() == b"connection":
+    for lname, (_, v) in zip(lnames, headers, strict=True):
+        if lname == b"connection":
             for token in v.split(b","):
                 t = token.strip().lower()
                 if t and t not in _PROTECTED:
@@ -629,15 +647,27 @@ def _is_proxy_header(lname: bytes) -> bool:
     return lname.startswith(b"proxy-") or lname == b"proxy"
 
 
-def end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Headers minus hop-by-hop ones, framing headers included (the caller re-frames)."""
-    listed = connection_tokens(headers)
+def end_to_end(
+    headers: list[tuple[bytes, bytes]],
+    lnames: list[bytes] | None = None,
+    drop: frozenset[bytes] = frozenset(),
+) -> list[tuple[bytes, bytes]]:
+    """Headers minus hop-by-hop ones (and `drop`), framing headers included (the caller
+    re-frames). `lnames` are the lowercase names if the caller has them."""
+    if lnames is None:
+        lnames = [k.lower() for k, _ in headers]
+    listed = connection_tokens(headers, lnames)
     out = []
-    for k, v in headers:
-        lk = k.lower()
-        if lk in HOP_BY_HOP or lk in listed or lk == b"content-length" or _is_proxy_header(lk):
+    for lk, kv in zip(lnames, headers, strict=True):
+        if (
+            lk in HOP_BY_HOP
+            or lk in listed
+            or lk in drop
+            or lk == b"content-length"
+            or _is_proxy_header(lk)
+        ):
             continue
-        out.append((k, v))
+        out.append(kv)
     return out
 
 
