@@ -440,6 +440,10 @@ class ResponseParser(_Parser):
             self._fail(ProtocolError(502, f"upstream spoke HTTP/{version}"))
         status = self._parser.get_status_code()
         chunked, length = _framing(head.headers, head.lnames)
+        if 100 <= status < 200 and (chunked or length is not None):
+            # llhttp frames a body for some 1xx statuses; a body there is a response
+            # smuggled ahead of the real one. Refuse rather than pass it on.
+            self._fail(ProtocolError(502, f"upstream sent a body with interim status {status}"))
         bodiless = self._no_body or status in (204, 304) or 100 <= status < 200
         self.close_delimited = not bodiless and not chunked and length is None
         if not bodiless:
