@@ -60,6 +60,17 @@ def test_oversized_head_gets_431(gateway: RunningGateway, vendor: VendorServer) 
     assert vendor.seen == []
 
 
+def test_whitespace_padding_counts_toward_the_head_limit(
+    make_gateway, vendor: VendorServer
+) -> None:
+    # llhttp drops whitespace around a value without reporting it; it still counts.
+    gw = make_gateway(limits={"max_header_bytes": 1024})
+    padded = f"GET {vendor.url()} HTTP/1.1\r\n{AUTH}X-Pad:{' ' * 200_000}v\r\n\r\n"
+    out = exchange(gw.http, padded.encode())
+    assert out.startswith(b"HTTP/1.1 431 ")
+    assert vendor.seen == []
+
+
 def test_too_many_headers_get_431(gateway: RunningGateway, vendor: VendorServer) -> None:
     many = "".join(f"X-H{i}: v\r\n" for i in range(150))
     out = exchange(gateway.http, f"GET {vendor.url()} HTTP/1.1\r\n{AUTH}{many}\r\n".encode())
