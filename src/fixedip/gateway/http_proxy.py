@@ -168,7 +168,6 @@ class HttpProxySession(ClientSession):
             kind = "local"
         self.new_record(kind, head.method)
         self.state = DIALING
-        self.pause("dial")
         self.arm(self.gw.runtime.config.timeouts.idle_s, "exchange")
         if self.gw.draining:
             self.close_after = True
@@ -195,6 +194,9 @@ class HttpProxySession(ClientSession):
         if isinstance(result, Dialed):
             self.dialed(head, target, result)
         else:
+            # Waiting on DNS or a new connection: stop reading meanwhile, so a body or
+            # pipelined requests cannot pile up (the synchronous path never pauses).
+            self.pause("dial")
             self.dial_task = self.loop.create_task(self.dial_slowly(head, client, target, result))
 
     def prepare(self, head: RequestHead) -> tuple[ClientConfig, http1.Target] | None:

@@ -52,7 +52,7 @@ class Upstream(asyncio.Protocol):
         "closed",
         "early",
         "early_eof",
-        "idle_handle",
+        "idle_since",
         "in_pool",
         "key",
         "parser",
@@ -67,7 +67,7 @@ class Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.sink: Sink | None = None
         self.parser: ResponseParser | None = None
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
         self.closed = False
         self.in_pool = False
         # A fresh connection may hear from a server that speaks first (SMTP, SSH)
@@ -153,14 +153,13 @@ class UpstreamPool:
         self.idle_s = idle_s
         self.per_key = per_key
         self._idle: dict[PoolKey, list[Upstream]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def take(self, key: PoolKey) -> Upstream | None:
         conns = self._idle.get(key)
         while conns:
-            up = conns.pop()
-            if up.idle_handle is not None:
-                up.idle_handle.cancel()
-                up.idle_handle = None
+            up = conns.pop()  # the most recently used: the least likely to have timed out
+            up.in_pool = False
             if not up.closed and up.transport is not None and not up.transport.is_closing():
                 return up
         return None
@@ -172,21 +171,37 @@ class UpstreamPool:
         if up.closed or len(conns) >= self.per_key:
             up.close()
             return
-        if up.transport is not None:
-            up.transport.resume_reading()
+        if up.transport is not None and not up.transport.is_reading():
+            up.transport.resume_reading()  # paused for backpressure: it must hear a close
         up.in_pool = True
+        up.idle_since = loop_time = asyncio.get_running_loop().time()
         conns.append(up)
-        up.idle_handle = asyncio.get_running_loop().call_later(self.idle_s, up.close)
+        if self._sweeper is None:
+            # One timer for the whole pool instead of one per returned connection.
+            self._sweeper = asyncio.get_running_loop().call_at(loop_time + self.idle_s, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than idle_s; runs while any are pooled."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - self.idle_s
+        oldest = None
+        for conns in list(self._idle.values()):
+            for up in list(conns):
+                if up.idle_since <= cutoff:
+                    up.close()
+                elif oldest is None or up.idle_since < oldest:
+                    oldest = up.idle_since
+        if oldest is not None:
+            self._sweeper = loop.call_at(oldest + self.idle_s, self._sweep)
 
     def forget(self, up: Upstream) -> None:
+        up.in_pool = False
         conns = self._idle.get(up.key)
         if conns and up in conns:
             conns.remove(up)
             if not conns:
                 del self._idle[up.key]
-        if up.idle_handle is not None:
-            up.idle_handle.cancel()
-            up.idle_handle = None
 
     @property
     def idle_count(self) -> int:
@@ -197,6 +212,9 @@ class UpstreamPool:
             for up in list(conns):
                 up.close()
         self._idle.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
 
 async def connect(

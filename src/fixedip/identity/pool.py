@@ -84,6 +84,13 @@ class EgressPool:
             self._by_addr[s.bind] = s
         self._next = 0
         self.families = frozenset(s.family for s in self.states)
+        self._by_family = {f: [s for s in self.states if s.family == f] for f in self.families}
+        self._healthy: dict[int, list[EgressState]] = {}
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Recompute the usable IPs per family; called whenever an IP goes down or up."""
+        self._healthy = {f: [s for s in states if s.up] for f, states in self._by_family.items()}
 
     def get(self, address: IPAddress) -> EgressState | None:
         """The egress entry whose bind or public address is `address`."""
@@ -102,14 +109,18 @@ class EgressPool:
             if state is None or not state.up or state.family != family or state.bind in exclude:
                 return None
             return state
-        candidates = [s for s in self.states if s.family == family]
+        candidates = self._by_family.get(family)
         if not candidates:
             return None
         if self.strategy == "pinned":
             digest = hashlib.sha256((client or "").encode()).digest()
             state = candidates[int.from_bytes(digest[:4], "big") % len(candidates)]
             return state if state.up and state.bind not in exclude else None
-        healthy = [s for s in candidates if s.up and s.bind not in exclude]
+        healthy = (
+            self._healthy[family]
+            if not exclude
+            else [s for s in candidates if s.up and s.bind not in exclude]
+        )
         if not healthy:
             return None
         if self.strategy == "failover":
@@ -120,6 +131,7 @@ class EgressPool:
     def mark_down(self, state: EgressState, reason: str) -> None:
         if state.up:
             state.up, state.reason, state.since = False, reason, time.time()
+            self._refresh()
 
     def recheck(self) -> list[EgressState]:
         """Try to bind every down address again; returns the ones that came back."""
@@ -128,6 +140,8 @@ class EgressPool:
             if not state.up and probe_bind(state.bind) is None:
                 state.up, state.reason, state.since = True, "", time.time()
                 back.append(state)
+        if back:
+            self._refresh()
         return back
 
     def snapshot(self) -> list[dict[str, Any]]:
