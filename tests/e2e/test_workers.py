@@ -114,3 +114,22 @@ def test_port_zero_with_workers_is_a_config_error(tmp_path: Path) -> None:
         assert "listen.http: port 0 cannot be shared by 2 workers" in str(exc)
     else:
         raise AssertionError("port 0 with two workers was accepted")
+
+
+def test_workers_never_outlive_a_killed_supervisor(serve, tmp_path: Path) -> None:
+    gw = serve(workers_config(tmp_path))
+    workers = children(gw.proc.pid)
+    assert len(workers) == 2
+    gw.proc.kill()  # SIGKILL: the supervisor cannot forward anything
+    gw.proc.wait(5)
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = {
+            pid
+            for pid in workers
+            if Path(f"/proc/{pid}").exists()
+            and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        }
+        time.sleep(0.1)
+    assert alive == set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import select
@@ -24,17 +25,35 @@ from fixedip.config import Config
 log = logging.getLogger("fixedip.workers")
 
 READY_TIMEOUT_S = 20.0
+PR_SET_PDEATHSIG = 1
 RESPAWN_PAUSE_S = 1.0
 
 
+def _die_with_parent(supervisor: int) -> None:
+    """Ask Linux for SIGTERM when the supervisor dies, so no worker is ever orphaned."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return  # not Linux: the supervisor's own SIGTERM forwarding still applies
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os._exit(0)
+
+
 def _worker_main(
-    config: Config, config_path: str | None, index: int, count: int, ready_fd: int
+    config: Config,
+    config_path: str | None,
+    index: int,
+    count: int,
+    ready_fd: int,
+    supervisor: int,
 ) -> int:
     """Runs in the forked child; returns its exit status."""
     from fixedip.gateway.server import StartupError, run
 
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)  # the gateway installs its own on its loop
+    _die_with_parent(supervisor)
 
     def ready(_gateway: Any) -> None:
         if ready_fd >= 0:  # a restarted worker has no one waiting for it
@@ -62,6 +81,7 @@ class Supervisor:
         self.config_path = config_path
         self.count = config.server.workers
         self.children: dict[int, int] = {}  # pid -> worker index
+        self.pid = os.getpid()
         self.stopping = False
 
     def spawn(self, index: int, ready_w: int = -1, ready_r: int = -1) -> int:
@@ -71,7 +91,9 @@ class Supervisor:
                 os.close(ready_r)
             status = 1
             try:
-                status = _worker_main(self.config, self.config_path, index, self.count, ready_w)
+                status = _worker_main(
+                    self.config, self.config_path, index, self.count, ready_w, self.pid
+                )
             finally:
                 os._exit(status)
         self.children[pid] = index

@@ -1,0 +1,1 @@
+"""Benchmarks of the fixedip gateway against peer proxies (`make bench`, benchmarks/run)."""
