@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-dev run test lint fmt fuzz bench clean
+.PHONY: install install-dev run test lint fmt fuzz bench bench-import clean
 
 # The venv and the package with its server extra; re-runs only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -30,7 +30,7 @@ test: install-dev lint
 	scripts/isolated $(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 lint: install-dev
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests examples benchmarks/client_import.py
 	$(BIN)/mypy
 
 # Coverage-guided fuzzing (atheris) of the HTTP head parser, the SOCKS5 parser and the
@@ -45,9 +45,13 @@ fuzz: install-dev
 bench: install-dev
 	benchmarks/run $(BENCH_ARGS)
 
+# Import cost of the client SDK against `import json`, in fresh interpreters.
+bench-import: install-dev
+	$(BIN)/python benchmarks/client_import.py
+
 fmt: install-dev
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests examples benchmarks/client_import.py
+	$(BIN)/ruff check --fix src tests examples benchmarks/client_import.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,284 @@
+"""Fixtures for the SDK's tests: the SDK pointed at a real gateway, a scripted HTTP
+server, a TLS listener in front of the gateway, a TLS vendor, a moto server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixedip.client import Gateway
+from tests.helpers import ALLOWED_EGRESS, TOKENS, RunningGateway, VendorServer, token_hash
+
+
+@pytest.fixture(autouse=True)
+def _no_sdk_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK reads FIXEDIP_*; a test sets exactly what it means to."""
+    for name in (
+        "FIXEDIP_URL",
+        "FIXEDIP_CA",
+        "FIXEDIP_EXPECTED_IPS",
+        "FIXEDIP_ALLOW_INSECURE",
+        "FIXEDIP_NO_PROXY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def dead_url(user: str = "billing") -> str:
+    """A gateway URL on a port nothing listens on (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://{user}:{TOKENS[user]}@127.0.0.1:{port}"
+
+
+def client_entry(name: str = "billing", **fields: Any) -> dict[str, Any]:
+    """A [[clients]] table for gateway_config overrides."""
+    entry: dict[str, Any] = {"name": name, "token_hash": token_hash(name), "allow": ["127.0.0.1:*"]}
+    entry.update(fields)
+    return entry
+
+
+POLL_INTERVAL_S = 0.05  # socketserver's default 0.5 s would make every teardown wait
+
+
+def serve(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL_S}, daemon=True
+    )
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def vendor() -> Iterator[VendorServer]:
+    """The shared stub vendor (200 only to 127.0.0.10), with quick teardown."""
+    server = VendorServer({ALLOWED_EGRESS})
+    serve(server)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def sdk(gateway: RunningGateway) -> Gateway:
+    """The SDK for client `billing` (egress 127.0.0.10) of the test gateway."""
+    return Gateway(gateway.proxy_url())
+
+
+# --- a server that answers from a script ---------------------------------------------
+
+
+class ScriptedServer(ThreadingHTTPServer):
+    """Answers each request with the next (status, headers) of its script; the last
+    entry repeats. Counts requests."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ScriptedHandler)
+        self.script: list[tuple[int, dict[str, str]]] = [(200, {})]
+        self.requests = 0
+        self.lock = threading.Lock()
+
+    def answer(self, *script: tuple[int, dict[str, str]]) -> ScriptedServer:
+        self.script = list(script)
+        self.requests = 0
+        return self
+
+    def next(self) -> tuple[int, dict[str, str]]:
+        with self.lock:
+            index = min(self.requests, len(self.script) - 1)
+            self.requests += 1
+            return self.script[index]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+
+class _ScriptedHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ScriptedServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        status, headers = self.server.next()
+        body = f'{{"status": {status}}}'.encode()
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedServer]:
+    server = ScriptedServer()
+    serve(server)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+# --- TLS: a CA, a TLS listener in front of the gateway, a TLS vendor ------------------
+
+
+@pytest.fixture(scope="session")
+def ca() -> Any:
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+def _server_context(ca: Any) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+class TLSFront:
+    """A TLS listener relaying to the gateway's plain proxy port: a stand-in for the
+    gateway's https listener, which is not built yet."""
+
+    def __init__(self, backend: tuple[str, int], context: ssl.SSLContext) -> None:
+        self.backend = backend
+        self.context = context
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    def start(self) -> TLSFront:
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _start(self) -> asyncio.Server:
+        return await asyncio.start_server(self._relay, "127.0.0.1", 0, ssl=self.context)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.backend)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(Exception):
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def url(self, user: str = "billing") -> str:
+        return f"https://{user}:{TOKENS[user]}@127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        async def close() -> None:
+            assert self.server is not None
+            self.server.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def tls_front(gateway: RunningGateway, ca: Any) -> Iterator[TLSFront]:
+    front = TLSFront(gateway.http, _server_context(ca)).start()
+    yield front
+    front.stop()
+
+
+@pytest.fixture
+def tls_vendor(ca: Any) -> Iterator[VendorServer]:
+    """The stub vendor behind TLS (a certificate for 127.0.0.1 from the test CA)."""
+    server = VendorServer({ALLOWED_EGRESS})
+    server.socket = _server_context(ca).wrap_socket(server.socket, server_side=True)
+    serve(server)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def trust_test_ca(ca_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make ssl.create_default_context() trust the test CA (OpenSSL reads SSL_CERT_FILE)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    return ca_file
+
+
+# --- moto ------------------------------------------------------------------------------
+
+
+class MotoServer:
+    """moto's ThreadedMotoServer on 127.0.0.1:0, recording each request's peer address."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.peers: list[str] = []
+
+    def start(self) -> MotoServer:
+        self.server.start()
+        # The WSGI app is looked up per request: wrap it to see who connected.
+        wsgi = self.server._server
+        assert wsgi is not None
+        app: Callable[..., Any] = wsgi.app
+
+        def recording(environ: dict[str, Any], start_response: Any) -> Any:
+            self.peers.append(environ.get("REMOTE_ADDR", ""))
+            return app(environ, start_response)
+
+        wsgi.app = recording
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.get_host_and_port()[1]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer().start()
+    yield server
+    server.server.stop()
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
