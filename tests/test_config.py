@@ -282,10 +282,22 @@ BAD_FILES = [
         "the [routes] section (route mode) is not supported yet",
     ),
     (
-        "destinations-section",
-        EGRESS + '[[destinations]]\nmatch = "api.vendor.example"\n',
-        "destinations",
-        "the [destinations] section (per-destination identity management) is not supported yet",
+        "destinations-rate",
+        EGRESS + '[[destinations]]\nmatch = "api.vendor.example"\nrate = "20/s"\n',
+        "destinations[0]",
+        "rate (rate shaping) is not supported yet",
+    ),
+    (
+        "destinations-network-match",
+        EGRESS + '[[destinations]]\nmatch = "203.0.113.0/24"\n',
+        "destinations[0].match",
+        "expected a host name, *.domain, * or one IP address, not a network",
+    ),
+    (
+        "destinations-bad-preset",
+        EGRESS + '[[destinations]]\nmatch = "api.vendor.example"\nsanitize = "paranoid"\n',
+        "destinations[0].sanitize",
+        "expected 'standard', 'strict' or 'allowlist'",
     ),
     (
         "fleet-section",

@@ -39,7 +39,6 @@ EMBEDDED_DEFAULT = "<embedded default>"
 # uses them is refused by name rather than silently ignored.
 NOT_SUPPORTED_YET = {
     "tls": "the TLS listener",
-    "destinations": "per-destination identity management",
     "routes": "route mode",
     "fleet": "the fleet",
     "ingress": "the webhook relay",
@@ -306,6 +305,63 @@ class DemoConfig(_Section):
     echo: EndpointField | None = None
 
 
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Keys of [[destinations]] in the public contract that later work wires in.
+_DESTINATION_KEYS_NOT_YET = {
+    "rate": "rate shaping",
+    "burst": "rate shaping",
+    "per_egress_ip": "rate shaping",
+    "concurrency": "concurrency shaping",
+    "queue_timeout_s": "rate and concurrency shaping",
+    "block_statuses": "block detection",
+    "canary": "canary probes",
+}
+
+
+class DestinationConfig(_Section):
+    """Per-vendor behaviour; the first entry whose `match` fits the host applies."""
+
+    match: str
+    sanitize: Literal["standard", "strict", "allowlist"] = "standard"
+    sanitize_extra: list[str] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_not_yet(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key, what in _DESTINATION_KEYS_NOT_YET.items():
+                if key in data:
+                    raise ValueError(f"{key} ({what}) is not supported yet; remove it")
+        return data
+
+    @field_validator("match")
+    @classmethod
+    def _match(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_address(v.strip("[]")))  # a vendor addressed by IP
+        except ValueError:
+            pass
+        try:
+            rule = rules_mod.parse_rule(f"{v}:*")
+        except ValueError as exc:
+            raise ValueError(
+                f"expected a host name, *.domain, * or one IP address ({exc})"
+            ) from None
+        if rule.host is None:
+            raise ValueError("expected a host name, *.domain, * or one IP address, not a network")
+        return rule.host
+
+    @field_validator("sanitize_extra")
+    @classmethod
+    def _header_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not _HEADER_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a header name")
+            if name.lower() in {"host", "content-length", "transfer-encoding"}:
+                raise ValueError(f"{name!r} frames the message and is never sanitised")
+        return v
+
+
 class ServerConfig(_Section):
     """The process model."""
 
@@ -322,6 +378,7 @@ class Config(_Section):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     limits: LimitsConfig = LimitsConfig()
     clients: list[ClientConfig] = []
+    destinations: list[DestinationConfig] = []
     demo: DemoConfig = DemoConfig()
     source: str = EMBEDDED_DEFAULT
 

@@ -318,7 +318,10 @@ class HttpProxySession(ClientSession):
         self.resp_head_method = head.method
         # Host is always the target's authority (RFC 9112 section 3.2.2), never the
         # client's spelling of it: the vendor sees one canonical name.
-        headers = http1.end_to_end(head.headers, head.lnames, drop=_HOST)
+        policy = self.gw.runtime.sanitizer.for_host(target.host)
+        headers = http1.end_to_end(
+            head.headers, head.lnames, drop=policy.drop | _HOST, keep=policy.keep
+        )
         authority = target.authority if target.port != 80 else target.authority[: -len(":80")]
         headers.insert(0, (b"Host", authority.encode()))
         if head.chunked:

@@ -22,6 +22,7 @@ from fixedip.gateway.upstream import (
     connect,
 )
 from fixedip.identity.pool import EgressPool, EgressState
+from fixedip.identity.sanitize import Sanitizer
 from fixedip.observe.metrics import Metrics
 from fixedip.policy.auth import Authenticator
 from fixedip.policy.decision import Decision, Reason
@@ -114,6 +115,7 @@ class Runtime:
             local_addresses=local,
         )
         self.router = Router(self)
+        self.sanitizer = Sanitizer(config.destinations)
 
 
 Route = list[tuple[IPAddress, "str | None"]]

@@ -664,9 +664,11 @@ def end_to_end(
     headers: list[tuple[bytes, bytes]],
     lnames: list[bytes] | None = None,
     drop: frozenset[bytes] = frozenset(),
+    keep: frozenset[bytes] | None = None,
 ) -> list[tuple[bytes, bytes]]:
-    """Headers minus hop-by-hop ones (and `drop`), framing headers included (the caller
-    re-frames). `lnames` are the lowercase names if the caller has them."""
+    """Headers minus hop-by-hop ones and `drop` (and, given `keep`, minus every name not
+    in it), framing headers included (the caller re-frames). `lnames` are the lowercase
+    names if the caller has them."""
     if lnames is None:
         lnames = [k.lower() for k, _ in headers]
     listed = connection_tokens(headers, lnames)
@@ -676,6 +678,7 @@ def end_to_end(
             lk in HOP_BY_HOP
             or lk in listed
             or lk in drop
+            or (keep is not None and lk not in keep)
             or lk == b"content-length"
             or _is_proxy_header(lk)
         ):
