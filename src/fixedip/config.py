@@ -190,6 +190,8 @@ class EgressConfig(_Section):
     ips: list[Annotated[EgressIP, BeforeValidator(_parse_egress_ip)]] = Field(min_length=1)
     strategy: Literal["pinned", "round-robin", "failover"] = "round-robin"
     health_check_s: float = Field(default=10.0, gt=0, strict=True)
+    # Quarantines survive restarts here; empty: kept in memory only.
+    state_file: str = ""
 
     @field_validator("ips")
     @classmethod
@@ -313,7 +315,6 @@ _DESTINATION_KEYS_NOT_YET = {
     "per_egress_ip": "rate shaping",
     "concurrency": "concurrency shaping",
     "queue_timeout_s": "rate and concurrency shaping",
-    "block_statuses": "block detection",
     "canary": "canary probes",
 }
 
@@ -324,6 +325,7 @@ class DestinationConfig(_Section):
     match: str
     sanitize: Literal["standard", "strict", "allowlist"] = "standard"
     sanitize_extra: list[str] = []
+    block_statuses: list[Annotated[int, Field(ge=400, le=599)]] = [403, 429]
 
     @model_validator(mode="before")
     @classmethod

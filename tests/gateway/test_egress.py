@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import collections
 import subprocess
+from collections.abc import Iterator
 
+import pytest
 import requests
 
 from tests.gateway.test_decisions import proxied_get
@@ -20,6 +22,17 @@ from tests.helpers import (
     token_hash,
     url_of,
 )
+
+
+@pytest.fixture
+def vendor() -> Iterator[VendorServer]:
+    """These tests are about spreading traffic, not blocks: the vendor accepts both IPs
+    (with the default vendor, 127.0.0.11's 403s would rightly get it quarantined)."""
+    server = VendorServer({ALLOWED_EGRESS, OTHER_EGRESS, "198.18.0.10"})
+    server.thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
 
 
 def peers_of(gw: RunningGateway, vendor: VendorServer, n: int, user: str = "billing") -> list[str]:

@@ -182,6 +182,7 @@ class HttpProxySession(ClientSession):
                 rt,
                 self.gw.resolver,
                 self.gw.upstreams,
+                self.gw.health,
                 client,
                 target.host,
                 target.port,
@@ -248,6 +249,7 @@ class HttpProxySession(ClientSession):
                 self.gw.resolver,
                 self.gw.upstreams,
                 self.gw.metrics,
+                self.gw.health,
                 client,
                 target.host,
                 target.port,
@@ -264,7 +266,7 @@ class HttpProxySession(ClientSession):
         if isinstance(exc, ProtocolError):
             self.protocol_error(exc)
         elif isinstance(exc, Refused):
-            self.refused(exc.decision, exc.detail)
+            self.refused(exc.decision, exc.detail, retry_after=exc.retry_after)
         else:
             log.error("internal error handling %s from %s", head.method, self.peer, exc_info=exc)
             self.send_error(Decision(Reason.INTERNAL_ERROR), "", close=True)
@@ -427,8 +429,12 @@ class HttpProxySession(ClientSession):
                 self.transport_write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         self.resp_started = True
-        if self.record is not None:
-            self.record.status = resp.status
+        record = self.record
+        if record is not None:
+            record.status = resp.status
+            if resp.status >= 400 and record.egress is not None and record.host is not None:
+                # A 403/429 burst from one egress IP is how a vendor says "blocked".
+                self.gw.health.observe(record.egress, record.host, resp.status)
         headers = http1.end_to_end(resp.headers, resp.lnames)
         bodiless = self.resp_head_method == "HEAD" or resp.status in (204, 304)
         self.resp_chunked = False
@@ -547,7 +553,13 @@ class HttpProxySession(ClientSession):
             return
         self.send_error(Decision(Reason.BAD_REQUEST), exc.message, status=exc.status, close=True)
 
-    def refused(self, decision: Decision, detail: str = "", force_close: bool = False) -> None:
+    def refused(
+        self,
+        decision: Decision,
+        detail: str = "",
+        force_close: bool = False,
+        retry_after: int | None = None,
+    ) -> None:
         head = self.head
         close = (
             force_close
@@ -556,7 +568,7 @@ class HttpProxySession(ClientSession):
             or head.method == "CONNECT"
             or not self._request_complete()
         )
-        self.send_error(decision, detail, close=close)
+        self.send_error(decision, detail, close=close, retry_after=retry_after)
 
     def _request_complete(self) -> bool:
         """True if the refused request's body is already in the queue (keep-alive is safe)."""
@@ -647,7 +659,7 @@ def _message(decision: Decision, status: int) -> bytes:
         413: "The request body is larger than the gateway forwards (limits.max_body_bytes).",
         500: "The gateway hit an internal error; it is logged.",
         502: "The gateway could not reach the destination.",
-        503: "The gateway cannot serve this now.",
+        503: "The gateway cannot serve this now; retry after the Retry-After seconds.",
         504: "The destination did not answer in time.",
     }.get(status, "Request refused.")
     return f"{text} (reason: {decision.reason.value})\n".encode()

@@ -7,6 +7,7 @@ A SIGHUP builds a new `Runtime`; new requests use it while open tunnels keep the
 from __future__ import annotations
 
 import ipaddress
+import math
 import socket
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from fixedip.gateway.upstream import (
     UpstreamPool,
     connect,
 )
+from fixedip.identity.health import BlockRule, Health
 from fixedip.identity.pool import EgressPool, EgressState
 from fixedip.identity.sanitize import Sanitizer
 from fixedip.observe.metrics import Metrics
@@ -35,10 +37,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 class Refused(Exception):
     """The destination may not or cannot be reached; `decision` says why."""
 
-    def __init__(self, decision: Decision, detail: str = "") -> None:
+    def __init__(
+        self, decision: Decision, detail: str = "", retry_after: int | None = None
+    ) -> None:
         super().__init__(detail or decision.reason.value)
         self.decision = decision
         self.detail = detail
+        self.retry_after = retry_after
 
 
 @dataclass(slots=True)
@@ -116,10 +121,32 @@ class Runtime:
         )
         self.router = Router(self)
         self.sanitizer = Sanitizer(config.destinations)
+        self._block_rules: dict[str, BlockRule] = {}
+        self._destination_rules = [
+            (parse_rule(f"[{d.match}]:*" if ":" in d.match else f"{d.match}:*"), d)
+            for d in config.destinations
+        ]
+
+    def block_rule(self, host: str) -> BlockRule:
+        """The block-detection rule for `host`: its first matching destination's, else
+        the default (403/429, 3 within 60 s). Memoised per host."""
+        rule = self._block_rules.get(host)
+        if rule is None:
+            statuses: frozenset[int] = DEFAULT_BLOCK_STATUSES
+            for match, dest in self._destination_rules:
+                if match.matches_name(host, match.port_lo) if match.host else dest.match == host:
+                    statuses = frozenset(dest.block_statuses)
+                    break
+            rule = BlockRule(block_statuses=statuses)
+            if len(self._block_rules) >= ROUTE_CACHE_MAX:
+                self._block_rules.clear()
+            self._block_rules[host] = rule
+        return rule
 
 
 Route = list[tuple[IPAddress, "str | None"]]
 ROUTE_CACHE_MAX = 4096
+DEFAULT_BLOCK_STATUSES: frozenset[int] = frozenset({403, 429})
 
 
 @dataclass(slots=True)
@@ -206,10 +233,43 @@ def _check_port(client: ClientConfig, port: int, tunnel: bool) -> None:
         )
 
 
+def _quarantined(
+    rt: Runtime, health: Health, client: ClientConfig, host: str, family: int
+) -> Refused:
+    """Every IP this client may use is quarantined for `host`: 503 until the soonest
+    comes back. A pinned client never moves to another IP."""
+    candidates = rt.pool.candidates(client.name, client.egress, family)
+    wait = health.retry_after(host, candidates)
+    return Refused(
+        Decision(Reason.EGRESS_QUARANTINED),
+        f"every egress IP for {host} is quarantined",
+        retry_after=max(1, math.ceil(wait)),
+    )
+
+
+def _choose(
+    rt: Runtime,
+    health: Health,
+    client: ClientConfig,
+    host: str,
+    family: int,
+    tried: frozenset[str] | set[str] = frozenset(),
+) -> EgressState:
+    quarantined = health.excluded(host)
+    exclude = quarantined | tried if quarantined else tried
+    egress = rt.pool.choose(client.name, client.egress, family, exclude)
+    if egress is not None:
+        return egress
+    if quarantined and rt.pool.choose(client.name, client.egress, family, tried) is not None:
+        raise _quarantined(rt, health, client, host, family)
+    raise Refused(Decision(Reason.EGRESS_UNAVAILABLE), "no usable egress IP for this client")
+
+
 def dial_now(
     rt: Runtime,
     resolver: Resolver,
     upstreams: UpstreamPool,
+    health: Health,
     client: ClientConfig,
     host: str,
     port: int,
@@ -228,9 +288,7 @@ def dial_now(
     if tunnel:
         return Attempt(route)
     address, rule = route[0]
-    egress = rt.pool.choose(client.name, client.egress, _family(address))
-    if egress is None:
-        raise Refused(Decision(Reason.EGRESS_UNAVAILABLE), "no usable egress IP for this client")
+    egress = _choose(rt, health, client, host, _family(address))
     up = upstreams.take((egress.bind, address, port))
     if up is not None:
         return Dialed(up, address, egress, True, rule)
@@ -242,6 +300,7 @@ async def dial(
     resolver: Resolver,
     upstreams: UpstreamPool,
     metrics: Metrics,
+    health: Health,
     client: ClientConfig,
     host: str,
     port: int,
@@ -270,19 +329,13 @@ async def dial(
     first_choice = attempt.egress
     last: UpstreamError | None = None
     for address, rule in route:
-        tried: set[IPAddress] = set()
+        tried: set[str] = set()
         while True:
             if first_choice is not None:
-                egress: EgressState | None = first_choice
+                egress = first_choice
                 first_choice = None
             else:
-                egress = rt.pool.choose(
-                    client.name, client.egress, _family(address), frozenset(tried)
-                )
-            if egress is None:
-                raise Refused(
-                    Decision(Reason.EGRESS_UNAVAILABLE), "no usable egress IP for this client"
-                )
+                egress = _choose(rt, health, client, host, _family(address), tried)
             key: PoolKey = (egress.bind, address, port)
             if not tunnel:
                 up = upstreams.take(key)
@@ -294,9 +347,11 @@ async def dial(
             except EgressDown as exc:
                 rt.pool.mark_down(egress, str(exc))
                 metrics.set_egress(egress.bind_text, egress.public_text, False)
-                tried.add(egress.bind)
+                tried.add(egress.bind_text)
                 continue
             except UpstreamError as exc:
+                if exc.reason is Reason.UPSTREAM_TIMEOUT:  # a silent drop can be a block
+                    health.observe(egress.bind_text, host, "connect_timeout")
                 last = exc
                 break
             metrics.observe_connect(egress.bind_text, time.perf_counter() - started)

@@ -23,6 +23,7 @@ from fixedip.gateway.runtime import IPAddress, Runtime
 from fixedip.gateway.session import ClientSession
 from fixedip.gateway.socks import SocksSession
 from fixedip.gateway.upstream import UpstreamPool
+from fixedip.identity.health import Health
 from fixedip.identity.pool import probe_bind
 from fixedip.observe.admin import AdminServer, start_admin
 from fixedip.observe.flowlog import FlowLog, FlowRecord
@@ -48,6 +49,7 @@ class Gateway:
         self.workers = workers
         self.config_path = config_path
         self.runtime = Runtime(config)
+        self.health = self._health(config)
         self.resolver = self._resolver(config)
         self.upstreams = UpstreamPool(
             config.timeouts.upstream_idle_s, config.limits.pool_per_destination
@@ -64,6 +66,21 @@ class Gateway:
         self._stopped = asyncio.Event()
         self._all_closed = asyncio.Event()
         self._dropped_reported = 0
+
+    def _health(self, config: Config) -> Health:
+        """Quarantines outlive reloads (and, with egress.state_file, restarts)."""
+        rule_for = lambda host: self.runtime.block_rule(host)  # noqa: E731  (the current config's)
+        if config.egress.state_file:
+            return Health.load(config.egress.state_file, rule_for)
+        return Health(rule_for)
+
+    def save_health(self) -> None:
+        path = self.runtime.config.egress.state_file
+        if path and self.health.dirty:
+            try:
+                self.health.save(path)
+            except OSError as exc:
+                log.warning("egress.state_file: cannot save %s: %s", path, exc)
 
     @staticmethod
     def _resolver(config: Config) -> Resolver:
@@ -160,6 +177,8 @@ class Gateway:
             for state in self.runtime.pool.recheck():
                 log.info("egress %s is usable again", state.bind)
                 self.metrics.set_egress(str(state.bind), str(state.public), True)
+            if self.health.dirty and self.runtime.config.egress.state_file:
+                await asyncio.to_thread(self.save_health)
             dropped = self.flowlog.dropped
             if dropped > self._dropped_reported:
                 self.metrics.flowlog_dropped(dropped - self._dropped_reported)
@@ -198,6 +217,7 @@ class Gateway:
             await self.admin.close()
             self.admin = None
         self.upstreams.close_all()
+        self.save_health()
         await self.flowlog.close()
         self._stopped.set()
 
@@ -346,7 +366,17 @@ class Gateway:
         return True, ""
 
     def egress_snapshot(self) -> list[dict[str, Any]]:
-        return self.runtime.pool.snapshot()
+        """The pool, each IP with the destinations it is quarantined for."""
+        quarantines: dict[str, list[dict[str, Any]]] = {}
+        for entry in self.health.snapshot():
+            if entry.get("state") == "quarantined":
+                quarantines.setdefault(str(entry["egress"]), []).append(
+                    {k: entry[k] for k in ("host", "reason", "until", "seconds_left", "level")}
+                )
+        snapshot = self.runtime.pool.snapshot()
+        for ip in snapshot:
+            ip["quarantined_for"] = quarantines.get(ip["bind"], [])
+        return snapshot
 
     def metrics_text(self) -> tuple[bytes, str]:
         return self.metrics.render()

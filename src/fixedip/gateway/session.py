@@ -222,6 +222,18 @@ class ClientSession(asyncio.Protocol):
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self.upstream = None
+        record = self.record
+        if (
+            self.tunnel
+            and isinstance(exc, ConnectionResetError)
+            and record is not None
+            and record.bytes_down == 0
+            and record.egress is not None
+            and record.host is not None
+        ):
+            # Reset before the destination said a word (e.g. at the TLS handshake): inside
+            # a tunnel this and connect timeouts are the only block signals there are.
+            self.gw.health.observe(record.egress, record.host, "reset")
         if self.tunnel:
             if exc is None:
                 self.close()

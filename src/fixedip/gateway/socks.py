@@ -113,6 +113,7 @@ class SocksSession(ClientSession):
                 self.gw.resolver,
                 self.gw.upstreams,
                 self.gw.metrics,
+                self.gw.health,
                 self.client,
                 host,
                 request.port,

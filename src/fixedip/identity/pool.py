@@ -101,12 +101,17 @@ class EgressPool:
         client: str | None,
         pinned: IPAddress | None,
         family: int,
-        exclude: frozenset[IPAddress] = frozenset(),
+        exclude: frozenset[str] | set[str] = frozenset(),
     ) -> EgressState | None:
         """The IP for a new upstream connection of `family`, or None if none may be used."""
         if pinned is not None:
             state = self._by_addr.get(pinned)
-            if state is None or not state.up or state.family != family or state.bind in exclude:
+            if (
+                state is None
+                or not state.up
+                or state.family != family
+                or state.bind_text in exclude
+            ):
                 return None
             return state
         candidates = self._by_family.get(family)
@@ -115,11 +120,11 @@ class EgressPool:
         if self.strategy == "pinned":
             digest = hashlib.sha256((client or "").encode()).digest()
             state = candidates[int.from_bytes(digest[:4], "big") % len(candidates)]
-            return state if state.up and state.bind not in exclude else None
+            return state if state.up and state.bind_text not in exclude else None
         healthy = (
             self._healthy[family]
             if not exclude
-            else [s for s in candidates if s.up and s.bind not in exclude]
+            else [s for s in candidates if s.up and s.bind_text not in exclude]
         )
         if not healthy:
             return None
@@ -127,6 +132,17 @@ class EgressPool:
             return healthy[0]
         self._next += 1
         return healthy[self._next % len(healthy)]
+
+    def candidates(self, client: str | None, pinned: IPAddress | None, family: int) -> list[str]:
+        """Bind addresses (text) `client` may leave from: what a 503's Retry-After is about."""
+        if pinned is not None:
+            state = self._by_addr.get(pinned)
+            return [state.bind_text] if state is not None else []
+        states = self._by_family.get(family) or []
+        if self.strategy == "pinned" and states:
+            digest = hashlib.sha256((client or "").encode()).digest()
+            return [states[int.from_bytes(digest[:4], "big") % len(states)].bind_text]
+        return [s.bind_text for s in states if s.up]
 
     def mark_down(self, state: EgressState, reason: str) -> None:
         if state.up:

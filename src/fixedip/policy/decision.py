@@ -37,6 +37,7 @@ class Reason(StrEnum):
     OVERLOADED = "overloaded"
     CLIENT_LIMIT = "client_connection_limit"
     BODY_TOO_LARGE = "body_too_large"
+    EGRESS_QUARANTINED = "egress_quarantined"
 
 
 # reason -> (HTTP status, RFC 9209 proxy error type)
@@ -64,6 +65,7 @@ _HTTP: dict[Reason, tuple[int, str]] = {
     Reason.OVERLOADED: (503, "connection_limit_reached"),
     Reason.CLIENT_LIMIT: (503, "connection_limit_reached"),
     Reason.BODY_TOO_LARGE: (413, "http_request_error"),
+    Reason.EGRESS_QUARANTINED: (503, "destination_unavailable"),
 }
 
 # RFC 1928 section 6 reply codes
@@ -89,6 +91,7 @@ _SOCKS: dict[Reason, int] = {
     Reason.SHUTTING_DOWN: SOCKS_GENERAL_FAILURE,
     Reason.OVERLOADED: SOCKS_GENERAL_FAILURE,
     Reason.CLIENT_LIMIT: SOCKS_GENERAL_FAILURE,
+    Reason.EGRESS_QUARANTINED: SOCKS_GENERAL_FAILURE,
     Reason.INTERNAL_ERROR: SOCKS_GENERAL_FAILURE,
     Reason.NOT_SUPPORTED: SOCKS_COMMAND_NOT_SUPPORTED,
     Reason.BAD_REQUEST: SOCKS_GENERAL_FAILURE,
