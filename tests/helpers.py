@@ -213,6 +213,8 @@ class _VendorHandler(BaseHTTPRequestHandler):
         if path == "/status":
             status = int(query.get("code", "200"))
         self.send_response(status)
+        if "retry_after" in query:
+            self.send_header("Retry-After", query["retry_after"])
         if path == "/chunked":
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()

@@ -282,10 +282,16 @@ BAD_FILES = [
         "the [routes] section (route mode) is not supported yet",
     ),
     (
-        "destinations-rate",
-        EGRESS + '[[destinations]]\nmatch = "api.vendor.example"\nrate = "20/s"\n',
+        "destinations-bad-rate",
+        EGRESS + '[[destinations]]\nmatch = "api.vendor.example"\nrate = "fast"\n',
+        "destinations[0].rate",
+        'rate "fast" is not understood: write a positive number per second or per minute',
+    ),
+    (
+        "destinations-canary",
+        EGRESS + '[[destinations]]\nmatch = "api.vendor.example"\ncanary = { url = "x" }\n',
         "destinations[0]",
-        "rate (rate shaping) is not supported yet",
+        "canary (canary probes) is not supported yet",
     ),
     (
         "destinations-network-match",

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from fixedip.identity.limits import parse_rate
 from fixedip.policy import rules as rules_mod
 from fixedip.policy import tokens
 
@@ -310,11 +311,6 @@ class DemoConfig(_Section):
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Keys of [[destinations]] in the public contract that later work wires in.
 _DESTINATION_KEYS_NOT_YET = {
-    "rate": "rate shaping",
-    "burst": "rate shaping",
-    "per_egress_ip": "rate shaping",
-    "concurrency": "concurrency shaping",
-    "queue_timeout_s": "rate and concurrency shaping",
     "canary": "canary probes",
 }
 
@@ -326,6 +322,37 @@ class DestinationConfig(_Section):
     sanitize: Literal["standard", "strict", "allowlist"] = "standard"
     sanitize_extra: list[str] = []
     block_statuses: list[Annotated[int, Field(ge=400, le=599)]] = [403, 429]
+    rate: str | None = None
+    burst: int | None = Field(default=None, ge=1, strict=True)
+    per_egress_ip: bool = False
+    concurrency: int | None = Field(default=None, ge=1, strict=True)
+    queue_timeout_s: float = Field(default=5.0, ge=0, le=300)
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_rate(v)  # raises ValueError with the expected forms
+        return v
+
+    @property
+    def limited(self) -> bool:
+        return self.rate is not None or self.concurrency is not None
+
+    @model_validator(mode="after")
+    def _limits_need_a_name(self) -> DestinationConfig:
+        if self.limited:
+            try:
+                ipaddress.ip_address(self.match)
+            except ValueError:
+                pass
+            else:
+                raise ValueError(
+                    f"match: rate and concurrency need a host-name match, not {self.match}"
+                )
+        if self.burst is not None and self.rate is None:
+            raise ValueError('burst: needs a rate, e.g. rate = "20/s"')
+        return self
 
     @model_validator(mode="before")
     @classmethod

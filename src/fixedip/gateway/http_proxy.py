@@ -9,8 +9,10 @@ the queue never holds more than one read. Bodies are re-framed on the way throug
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -274,11 +276,14 @@ class HttpProxySession(ClientSession):
     def dialed(self, head: RequestHead, target: http1.Target, dialed: Dialed) -> None:
         record = self.record
         if self.closed or record is None:
+            if dialed.permit is not None:
+                dialed.permit.release()
             dialed.upstream.close() if dialed.reused else dialed.upstream.abort()
             return
         record.resolved = dialed.address_text
         record.egress, record.egress_public = dialed.egress.bind_text, dialed.egress.public_text
         record.rule = dialed.rule
+        self.permit = dialed.permit
         if head.method == "CONNECT":
             self.open_tunnel(dialed)
         else:
@@ -435,6 +440,8 @@ class HttpProxySession(ClientSession):
             if resp.status >= 400 and record.egress is not None and record.host is not None:
                 # A 403/429 burst from one egress IP is how a vendor says "blocked".
                 self.gw.health.observe(record.egress, record.host, resp.status)
+                if resp.status in (429, 503):
+                    self.honour_retry_after(resp, record.egress, record.host)
         headers = http1.end_to_end(resp.headers, resp.lnames)
         bodiless = self.resp_head_method == "HEAD" or resp.status in (204, 304)
         self.resp_chunked = False
@@ -459,6 +466,17 @@ class HttpProxySession(ClientSession):
             headers.append((b"Connection", b"keep-alive"))
         line = b"HTTP/1.1 %d %s" % (resp.status, resp.reason or b"-")
         self.transport_write(http1.serialize_head(line, headers))
+
+    def honour_retry_after(self, resp: ResponseHead, egress: str, host: str) -> None:
+        """A vendor's Retry-After pauses that destination (for that egress IP when the
+        destination counts per IP), so the gateway stops asking until then."""
+        limiter = self.gw.runtime.limiter(host)
+        value = http1_header(resp, b"retry-after")
+        if limiter is None or value is None:
+            return
+        seconds = retry_after_seconds(value)
+        if seconds is not None and seconds > 0:
+            limiter.pause(egress, seconds)
 
     def upstream_eof(self) -> None:
         if self.tunnel:
@@ -650,6 +668,25 @@ class HttpProxySession(ClientSession):
         super().connection_lost(exc)
 
 
+def http1_header(head: ResponseHead, name: bytes) -> bytes | None:
+    try:
+        return head.headers[head.lnames.index(name)][1]
+    except ValueError:
+        return None
+
+
+def retry_after_seconds(value: bytes) -> float | None:
+    """Retry-After as delta-seconds or an HTTP-date (RFC 9110 section 10.2.3)."""
+    text = value.decode("latin-1").strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() - time.time()
+
+
 def _message(decision: Decision, status: int) -> bytes:
     text = {
         407: "Proxy authentication required: send Proxy-Authorization: Basic with user = "
@@ -657,6 +694,7 @@ def _message(decision: Decision, status: int) -> bytes:
         403: "The gateway's policy does not allow this destination.",
         400: "Bad request.",
         413: "The request body is larger than the gateway forwards (limits.max_body_bytes).",
+        429: "The destination's rate or concurrency limit is reached; retry after Retry-After.",
         500: "The gateway hit an internal error; it is logged.",
         502: "The gateway could not reach the destination.",
         503: "The gateway cannot serve this now; retry after the Retry-After seconds.",

@@ -12,7 +12,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from fixedip.config import ClientConfig, Config
+from fixedip.config import ClientConfig, Config, DestinationConfig
 from fixedip.gateway.dns import DNSError, Resolver
 from fixedip.gateway.upstream import (
     EgressDown,
@@ -23,6 +23,14 @@ from fixedip.gateway.upstream import (
     connect,
 )
 from fixedip.identity.health import BlockRule, Health
+from fixedip.identity.limits import (
+    DestinationLimits,
+    Limiter,
+    LimitExceeded,
+    Limits,
+    Permit,
+    parse_rate,
+)
 from fixedip.identity.pool import EgressPool, EgressState
 from fixedip.identity.sanitize import Sanitizer
 from fixedip.observe.metrics import Metrics
@@ -53,6 +61,7 @@ class Dialed:
     egress: EgressState
     reused: bool
     rule: str | None
+    permit: Permit | None = None  # held until the exchange or tunnel ends
 
     @property
     def address_text(self) -> str:
@@ -122,21 +131,58 @@ class Runtime:
         self.router = Router(self)
         self.sanitizer = Sanitizer(config.destinations)
         self._block_rules: dict[str, BlockRule] = {}
+        self._destinations: dict[str, DestinationConfig | None] = {}
         self._destination_rules = [
             (parse_rule(f"[{d.match}]:*" if ":" in d.match else f"{d.match}:*"), d)
             for d in config.destinations
         ]
+        limited = [d for d in config.destinations if d.limited]
+        self.limits: Limits = Limits(
+            [
+                DestinationLimits(
+                    match=d.match,
+                    rate=parse_rate(d.rate) if d.rate else None,
+                    burst=d.burst,
+                    per_egress_ip=d.per_egress_ip,
+                    concurrency=d.concurrency,
+                    queue_timeout_s=d.queue_timeout_s,
+                )
+                for d in limited
+            ],
+            previous=previous.limits if previous else None,
+        )
+        self._limiters = {limiter.match: limiter for limiter in self.limits.limiters}
+
+    def destination(self, host: str) -> DestinationConfig | None:
+        """The first `[[destinations]]` entry whose match fits `host` (memoised)."""
+        try:
+            return self._destinations[host]
+        except KeyError:
+            pass
+        found = None
+        for match, dest in self._destination_rules:
+            if match.matches_name(host, match.port_lo) if match.host else dest.match == host:
+                found = dest
+                break
+        if len(self._destinations) >= ROUTE_CACHE_MAX:
+            self._destinations.clear()
+        self._destinations[host] = found
+        return found
+
+    def limiter(self, host: str) -> Limiter | None:
+        """The shaping of `host`'s destination, if that first-matching entry has any."""
+        dest = self.destination(host)
+        return self._limiters.get(dest.match) if dest is not None and dest.limited else None
 
     def block_rule(self, host: str) -> BlockRule:
         """The block-detection rule for `host`: its first matching destination's, else
         the default (403/429, 3 within 60 s). Memoised per host."""
         rule = self._block_rules.get(host)
         if rule is None:
-            statuses: frozenset[int] = DEFAULT_BLOCK_STATUSES
-            for match, dest in self._destination_rules:
-                if match.matches_name(host, match.port_lo) if match.host else dest.match == host:
-                    statuses = frozenset(dest.block_statuses)
-                    break
+            dest = self.destination(host)
+            statuses = (
+                frozenset(dest.block_statuses) if dest is not None else DEFAULT_BLOCK_STATUSES
+            )
             rule = BlockRule(block_statuses=statuses)
             if len(self._block_rules) >= ROUTE_CACHE_MAX:
                 self._block_rules.clear()
@@ -226,6 +272,26 @@ class Router:
         return allowed
 
 
+async def _acquire(limiter: Limiter | None, egress: EgressState) -> Permit | None:
+    """A permit from the destination's shaping, waiting in its fair queue; a refusal
+    becomes 429 with an honest Retry-After."""
+    if limiter is None:
+        return None
+    try:
+        return await limiter.acquire(egress.bind_text)
+    except LimitExceeded as exc:
+        raise Refused(
+            Decision(Reason(exc.reason), rule=f"destinations.{limiter.match}"),
+            exc.detail,
+            retry_after=math.ceil(exc.retry_after_s),
+        ) from None
+
+
+def _release(permit: Permit | None) -> None:
+    if permit is not None:
+        permit.release()
+
+
 def _check_port(client: ClientConfig, port: int, tunnel: bool) -> None:
     if tunnel and port not in client.connect_ports:
         raise Refused(
@@ -289,9 +355,17 @@ def dial_now(
         return Attempt(route)
     address, rule = route[0]
     egress = _choose(rt, health, client, host, _family(address))
+    permit = None
+    limiter = rt.limiter(host)
+    if limiter is not None:
+        permit = limiter.try_acquire(egress.bind_text)
+        if permit is None:
+            return Attempt(route, egress)  # waits for a token or a slot in dial()
     up = upstreams.take((egress.bind, address, port))
     if up is not None:
-        return Dialed(up, address, egress, True, rule)
+        return Dialed(up, address, egress, True, rule, permit)
+    if permit is not None:
+        permit.release()  # dial() takes its own, in turn
     return Attempt(route, egress)
 
 
@@ -337,24 +411,30 @@ async def dial(
             else:
                 egress = _choose(rt, health, client, host, _family(address), tried)
             key: PoolKey = (egress.bind, address, port)
+            permit = await _acquire(rt.limiter(host), egress)
             if not tunnel:
                 up = upstreams.take(key)
                 if up is not None:
-                    return Dialed(up, address, egress, True, rule)
+                    return Dialed(up, address, egress, True, rule, permit)
             started = time.perf_counter()
             try:
                 up = await connect(key, upstreams, rt.config.timeouts.connect_s)
             except EgressDown as exc:
+                _release(permit)
                 rt.pool.mark_down(egress, str(exc))
                 metrics.set_egress(egress.bind_text, egress.public_text, False)
                 tried.add(egress.bind_text)
                 continue
             except UpstreamError as exc:
+                _release(permit)
                 if exc.reason is Reason.UPSTREAM_TIMEOUT:  # a silent drop can be a block
                     health.observe(egress.bind_text, host, "connect_timeout")
                 last = exc
                 break
+            except BaseException:  # cancelled (the client went away) or a bug
+                _release(permit)
+                raise
             metrics.observe_connect(egress.bind_text, time.perf_counter() - started)
-            return Dialed(up, address, egress, False, rule)
+            return Dialed(up, address, egress, False, rule, permit)
     assert last is not None
     raise Refused(Decision(last.reason), last.detail)

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from fixedip.gateway.upstream import Upstream
+from fixedip.identity.limits import Permit
 from fixedip.observe.flowlog import FlowRecord
 from fixedip.policy.decision import Reason
 
@@ -47,6 +48,7 @@ class ClientSession(asyncio.Protocol):
         self._upstream_eof = False
         self._writing_paused = False
         self.claimed: str | None = None
+        self.permit: Permit | None = None  # the destination's shaping, held per exchange
 
     # lifecycle ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -260,6 +262,10 @@ class ClientSession(asyncio.Protocol):
         return self.record
 
     def finish_record(self, reason: Reason | None = None, rule: str | None = None) -> None:
+        """End the current exchange or tunnel: its flow record, and its shaping permit."""
+        if self.permit is not None:
+            self.permit.release()
+            self.permit = None
         record, self.record = self.record, None
         if record is None:
             return

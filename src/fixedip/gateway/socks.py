@@ -128,12 +128,15 @@ class SocksSession(ClientSession):
             self.reply_failure(Decision(Reason.INTERNAL_ERROR))
             return
         if self.closed:
+            if dialed.permit is not None:
+                dialed.permit.release()
             dialed.upstream.abort()
             return
         record.resolved = dialed.address_text
         record.egress, record.egress_public = dialed.egress.bind_text, dialed.egress.public_text
         record.rule = dialed.rule
         record.status = 0
+        self.permit = dialed.permit
         bound = ("0.0.0.0", 0)
         if dialed.upstream.transport is not None:
             bound = dialed.upstream.transport.get_extra_info("sockname") or bound

@@ -38,6 +38,9 @@ class Reason(StrEnum):
     CLIENT_LIMIT = "client_connection_limit"
     BODY_TOO_LARGE = "body_too_large"
     EGRESS_QUARANTINED = "egress_quarantined"
+    RATE_LIMITED = "rate_limited"
+    CONCURRENCY_LIMITED = "concurrency_limited"
+    DESTINATION_PAUSED = "destination_paused"
 
 
 # reason -> (HTTP status, RFC 9209 proxy error type)
@@ -66,6 +69,9 @@ _HTTP: dict[Reason, tuple[int, str]] = {
     Reason.CLIENT_LIMIT: (503, "connection_limit_reached"),
     Reason.BODY_TOO_LARGE: (413, "http_request_error"),
     Reason.EGRESS_QUARANTINED: (503, "destination_unavailable"),
+    Reason.RATE_LIMITED: (429, "http_request_denied"),
+    Reason.CONCURRENCY_LIMITED: (429, "connection_limit_reached"),
+    Reason.DESTINATION_PAUSED: (429, "destination_unavailable"),
 }
 
 # RFC 1928 section 6 reply codes
@@ -92,6 +98,9 @@ _SOCKS: dict[Reason, int] = {
     Reason.OVERLOADED: SOCKS_GENERAL_FAILURE,
     Reason.CLIENT_LIMIT: SOCKS_GENERAL_FAILURE,
     Reason.EGRESS_QUARANTINED: SOCKS_GENERAL_FAILURE,
+    Reason.RATE_LIMITED: SOCKS_GENERAL_FAILURE,
+    Reason.CONCURRENCY_LIMITED: SOCKS_GENERAL_FAILURE,
+    Reason.DESTINATION_PAUSED: SOCKS_GENERAL_FAILURE,
     Reason.INTERNAL_ERROR: SOCKS_GENERAL_FAILURE,
     Reason.NOT_SUPPORTED: SOCKS_COMMAND_NOT_SUPPORTED,
     Reason.BAD_REQUEST: SOCKS_GENERAL_FAILURE,
