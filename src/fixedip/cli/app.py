@@ -7,6 +7,7 @@ import typer
 from fixedip import __version__
 from fixedip.cli import config as config_cmd
 from fixedip.cli import serve as serve_cmd
+from fixedip.cli import status as status_cmd
 from fixedip.cli import token as token_cmd
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("serve")(serve_cmd.serve)
+app.command("status")(status_cmd.status)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(token_cmd.app, name="token")
 

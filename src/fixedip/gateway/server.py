@@ -379,6 +379,13 @@ class Gateway:
         return snapshot
 
     def metrics_text(self) -> tuple[bytes, str]:
+        self.metrics.set_quarantines(
+            {
+                (str(q["egress"]), str(q["host"]))
+                for q in self.health.snapshot()
+                if q.get("state") == "quarantined"
+            }
+        )
         return self.metrics.render()
 
 

@@ -112,6 +112,12 @@ class Metrics:
             ["egress", "public"],
             registry=reg,
         )
+        self._quarantined = Gauge(
+            "fixedip_egress_quarantined",
+            "1 while the egress IP is quarantined for the destination host.",
+            ["egress", "host"],
+            registry=reg,
+        )
         self._connections_open = Gauge(
             "fixedip_connections_open",
             "Client connections open now, by listener.",
@@ -197,6 +203,12 @@ class Metrics:
             self._egress_up.remove(bind, previous)
         self._egress_public[bind] = public
         self._egress_up.labels(bind, public).set(1 if up else 0)
+
+    def set_quarantines(self, pairs: set[tuple[str, str]]) -> None:
+        """The (egress, host) pairs quarantined now; others drop out of the series."""
+        self._quarantined.clear()
+        for egress, host in pairs:
+            self._quarantined.labels(egress, host).set(1)
 
     def flowlog_dropped(self, n: int) -> None:
         """Add `n` newly dropped flow log records (a delta, not a total)."""
