@@ -268,6 +268,9 @@ class ClientConfig(_Section):
     deny: list[str] = []
     connect_ports: list[Annotated[int, Field(ge=1, le=65535, strict=True)]] = [443]
     egress: IPAddressField | None = None
+    # observe: what allow/deny rules or connect_ports would refuse is let through and
+    # flagged in the flow log (the SSRF guard is never relaxed). Unset: policy.mode.
+    mode: Literal["enforce", "observe"] | None = None
 
     @field_validator("name")
     @classmethod
@@ -391,6 +394,10 @@ class DestinationConfig(_Section):
         return v
 
 
+class PolicyConfig(_Section):
+    mode: Literal["enforce", "observe"] = "enforce"
+
+
 class ServerConfig(_Section):
     """The process model."""
 
@@ -399,6 +406,7 @@ class ServerConfig(_Section):
 
 class Config(_Section):
     server: ServerConfig = ServerConfig()
+    policy: PolicyConfig = PolicyConfig()
     listen: ListenConfig = ListenConfig()
     egress: EgressConfig
     dns: DnsConfig = DnsConfig()

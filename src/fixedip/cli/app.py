@@ -8,6 +8,7 @@ from fixedip import __version__
 from fixedip.cli import config as config_cmd
 from fixedip.cli import serve as serve_cmd
 from fixedip.cli import status as status_cmd
+from fixedip.cli import suggest as suggest_cmd
 from fixedip.cli import token as token_cmd
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.command("serve")(serve_cmd.serve)
 app.command("status")(status_cmd.status)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(token_cmd.app, name="token")
+app.add_typer(suggest_cmd.app, name="suggest")
 
 
 @app.command()

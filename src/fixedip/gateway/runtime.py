@@ -153,6 +153,10 @@ class Runtime:
         )
         self._limiters = {limiter.match: limiter for limiter in self.limits.limiters}
 
+    def observing(self, client: ClientConfig) -> bool:
+        """Observe mode for this client (its own mode, else policy.mode)."""
+        return (client.mode or self.config.policy.mode) == "observe"
+
     def destination(self, host: str) -> DestinationConfig | None:
         """The first `[[destinations]]` entry whose match fits `host` (memoised)."""
         try:
@@ -232,20 +236,33 @@ class Router:
         hit = self._routes.get(key)
         if hit is not None and hit[0] is addresses:
             return hit[1]
-        route = self._decide(client, host, port, addresses)
+        route = self._decide(client, host, port, addresses, tunnel)
         if len(self._routes) >= ROUTE_CACHE_MAX:
             self._routes.clear()
         self._routes[key] = (addresses, route)
         return route
 
     def _decide(
-        self, client: ClientConfig, host: str, port: int, addresses: list[IPAddress]
+        self,
+        client: ClientConfig,
+        host: str,
+        port: int,
+        addresses: list[IPAddress],
+        tunnel: bool,
     ) -> Route:
         rt = self.rt
+        observing = rt.observing(client)
+        would: Decision | None = None  # what enforce mode would have refused, in observe mode
+        if tunnel and port not in client.connect_ports:
+            would = _port_refusal(client)
+            if not observing:
+                raise Refused(would)
         rules = rt.rules[client.name]
         early = rules.prefilter(host, port)
         if early is not None:
-            raise Refused(early)
+            if not observing:
+                raise Refused(early)
+            would = would or early
         # Every answer is vetted, of any family: a name that points inside at all is refused.
         for address in addresses:
             verdict = rt.guard.vet(address, port)
@@ -262,13 +279,21 @@ class Router:
         for address in usable:
             verdict = rules.decide(host, port, address)
             if verdict.reason is Reason.DESTINATION_DENIED:
-                raise Refused(verdict, f"{host} -> {address}")
+                if not observing:
+                    raise Refused(verdict, f"{host} -> {address}")
+                would = would or verdict
             if verdict.allowed:
                 allowed.append((address, verdict.rule))
             elif refusal is None:
                 refusal = verdict
         if not allowed:
-            raise Refused(refusal or Decision(Reason.DESTINATION_NOT_ALLOWED))
+            if not observing:
+                raise Refused(refusal or Decision(Reason.DESTINATION_NOT_ALLOWED))
+            would = would or refusal or Decision(Reason.DESTINATION_NOT_ALLOWED)
+        if would is not None:  # observe mode: let it through, and say so in the flow log
+            note = f"observe: would deny ({would.reason.value}"
+            note += f": {would.rule})" if would.rule else ")"
+            return [(address, note) for address in usable]
         return allowed
 
 
@@ -292,11 +317,14 @@ def _release(permit: Permit | None) -> None:
         permit.release()
 
 
-def _check_port(client: ClientConfig, port: int, tunnel: bool) -> None:
-    if tunnel and port not in client.connect_ports:
-        raise Refused(
-            Decision(Reason.PORT_NOT_ALLOWED, rule=f"clients.{client.name}.connect_ports")
-        )
+def _port_refusal(client: ClientConfig) -> Decision:
+    return Decision(Reason.PORT_NOT_ALLOWED, rule=f"clients.{client.name}.connect_ports")
+
+
+def _check_port(rt: Runtime, client: ClientConfig, port: int, tunnel: bool) -> None:
+    """Refuse before any lookup; in observe mode the router records it instead."""
+    if tunnel and port not in client.connect_ports and not rt.observing(client):
+        raise Refused(_port_refusal(client))
 
 
 def _quarantined(
@@ -346,7 +374,7 @@ def dial_now(
     """The synchronous fast path: a cached answer and an idle pooled connection mean a
     request is decided and on its way without a task. Otherwise returns what it settled
     for `dial` to finish. Raises Refused like `dial`."""
-    _check_port(client, port, tunnel)
+    _check_port(rt, client, port, tunnel)
     addresses = rt.router.literal(host) if is_ip else resolver.cached(host, rt.pool.families)
     if addresses is None:
         return Attempt()
@@ -387,9 +415,9 @@ async def dial(
     attempt = attempt or Attempt()
     route = attempt.route
     if route is None:
-        _check_port(client, port, tunnel)
+        _check_port(rt, client, port, tunnel)
         early = rt.rules[client.name].prefilter(host, port)
-        if early is not None:
+        if early is not None and not rt.observing(client):
             raise Refused(early)
         if is_ip:
             addresses = rt.router.literal(host)
