@@ -288,10 +288,10 @@ BAD_FILES = [
         'rate "fast" is not understood: write a positive number per second or per minute',
     ),
     (
-        "destinations-canary",
-        EGRESS + '[[destinations]]\nmatch = "api.vendor.example"\ncanary = { url = "x" }\n',
-        "destinations[0]",
-        "canary (canary probes) is not supported yet",
+        "destinations-canary-scheme",
+        EGRESS + '[[destinations]]\nmatch = "api.vendor.example"\ncanary = { url = "ftp://x/" }\n',
+        "destinations[0].canary",
+        "http",
     ),
     (
         "destinations-network-match",

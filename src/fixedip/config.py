@@ -312,10 +312,6 @@ class DemoConfig(_Section):
 
 
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-# Keys of [[destinations]] in the public contract that later work wires in.
-_DESTINATION_KEYS_NOT_YET = {
-    "canary": "canary probes",
-}
 
 
 class DestinationConfig(_Section):
@@ -325,11 +321,22 @@ class DestinationConfig(_Section):
     sanitize: Literal["standard", "strict", "allowlist"] = "standard"
     sanitize_extra: list[str] = []
     block_statuses: list[Annotated[int, Field(ge=400, le=599)]] = [403, 429]
+    # { url, method = "OPTIONS", blocked = [403], interval_s = 300, timeout_s = 3 }
+    canary: dict[str, Any] | None = None
     rate: str | None = None
     burst: int | None = Field(default=None, ge=1, strict=True)
     per_egress_ip: bool = False
     concurrency: int | None = Field(default=None, ge=1, strict=True)
     queue_timeout_s: float = Field(default=5.0, ge=0, le=300)
+
+    @field_validator("canary")
+    @classmethod
+    def _canary(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            from fixedip.identity.canary import CanarySpec
+
+            CanarySpec.from_mapping(v)  # raises ValueError naming what is wrong
+        return v
 
     @field_validator("rate")
     @classmethod
@@ -356,15 +363,6 @@ class DestinationConfig(_Section):
         if self.burst is not None and self.rate is None:
             raise ValueError('burst: needs a rate, e.g. rate = "20/s"')
         return self
-
-    @model_validator(mode="before")
-    @classmethod
-    def _keys_not_yet(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            for key, what in _DESTINATION_KEYS_NOT_YET.items():
-                if key in data:
-                    raise ValueError(f"{key} ({what}) is not supported yet; remove it")
-        return data
 
     @field_validator("match")
     @classmethod

@@ -22,6 +22,7 @@ from fixedip.gateway.upstream import (
     UpstreamPool,
     connect,
 )
+from fixedip.identity.canary import CanarySpec
 from fixedip.identity.health import BlockRule, Health
 from fixedip.identity.limits import (
     DestinationLimits,
@@ -152,6 +153,10 @@ class Runtime:
             previous=previous.limits if previous else None,
         )
         self._limiters = {limiter.match: limiter for limiter in self.limits.limiters}
+        # Canaries by destination match, for the gateway's canary runner.
+        self.canaries: dict[str, CanarySpec] = {
+            d.match: CanarySpec.from_mapping(d.canary) for d in config.destinations if d.canary
+        }
 
     def observing(self, client: ClientConfig) -> bool:
         """Observe mode for this client (its own mode, else policy.mode)."""
@@ -187,7 +192,8 @@ class Runtime:
             statuses = (
                 frozenset(dest.block_statuses) if dest is not None else DEFAULT_BLOCK_STATUSES
             )
-            rule = BlockRule(block_statuses=statuses)
+            spec = self.canaries.get(dest.match) if dest is not None else None
+            rule = BlockRule(block_statuses=statuses, canary=spec.rule if spec else None)
             if len(self._block_rules) >= ROUTE_CACHE_MAX:
                 self._block_rules.clear()
             self._block_rules[host] = rule

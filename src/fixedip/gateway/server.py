@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import signal
+import socket
 from typing import Any
 
 from fixedip.config import ClientConfig, Config, ConfigError, load
@@ -23,8 +25,9 @@ from fixedip.gateway.runtime import IPAddress, Runtime
 from fixedip.gateway.session import ClientSession
 from fixedip.gateway.socks import SocksSession
 from fixedip.gateway.upstream import UpstreamPool
-from fixedip.identity.health import Health
-from fixedip.identity.pool import probe_bind
+from fixedip.identity.canary import CanarySpec, probe
+from fixedip.identity.health import CanaryRequest, Health
+from fixedip.identity.pool import EgressState, probe_bind
 from fixedip.observe.admin import AdminServer, start_admin
 from fixedip.observe.flowlog import FlowLog, FlowRecord
 from fixedip.observe.metrics import Metrics
@@ -32,6 +35,14 @@ from fixedip.observe.metrics import Metrics
 log = logging.getLogger("fixedip")
 
 LISTEN_BACKLOG = 4096
+CANARY_TICK_S = 1.0
+
+
+def _families_of(spec: CanarySpec, rt: Runtime) -> frozenset[int]:
+    """Egress families a canary can use: its literal's family, or every pool family."""
+    if spec.is_ip:
+        return frozenset({socket.AF_INET6 if ":" in spec.host else socket.AF_INET})
+    return rt.pool.families
 
 
 class StartupError(Exception):
@@ -64,6 +75,7 @@ class Gateway:
         self.echo: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        self._canary_tasks: set[asyncio.Task[None]] = set()
         self._all_closed = asyncio.Event()
         self._dropped_reported = 0
 
@@ -71,8 +83,54 @@ class Gateway:
         """Quarantines outlive reloads (and, with egress.state_file, restarts)."""
         rule_for = lambda host: self.runtime.block_rule(host)  # noqa: E731  (the current config's)
         if config.egress.state_file:
-            return Health.load(config.egress.state_file, rule_for)
-        return Health(rule_for)
+            health = Health.load(config.egress.state_file, rule_for)
+        else:
+            health = Health(rule_for)
+        health.on_canary = self._canary_now
+        return health
+
+    # canaries -------------------------------------------------------------------------
+    def _canary_now(self, request: CanaryRequest) -> None:
+        """A suspect (egress, host) pair: probe from that IP now to confirm or clear."""
+        dest = self.runtime.destination(request.host)
+        spec = self.runtime.canaries.get(dest.match) if dest is not None else None
+        state = self.runtime.pool.get(ipaddress.ip_address(request.egress))
+        if spec is not None and state is not None:
+            self._spawn_canary(spec, state, request.host)
+
+    def _spawn_canary(self, spec: CanarySpec, state: EgressState, host: str) -> None:
+        task = self.loop.create_task(self._run_canary(spec, state, host))
+        self._canary_tasks.add(task)
+        task.add_done_callback(self._canary_tasks.discard)
+
+    async def _run_canary(self, spec: CanarySpec, state: EgressState, host: str) -> None:
+        rt = self.runtime
+        result = await probe(
+            spec,
+            state.bind,
+            resolver=self.resolver,
+            guard_vet=rt.guard.vet,
+            families=rt.pool.families,
+        )
+        log.info("canary %s %s from %s: %s", spec.method, spec.url, state.bind_text, result)
+        self.health.canary_result(state.bind_text, host, result)
+
+    async def _canary_loop(self) -> None:
+        """At start-up and every interval_s: each canary from each egress IP; meanwhile,
+        quarantines whose back-off ended and that wait on a canary to be cleared."""
+        last_run: dict[str, float] = {}
+        while True:
+            rt = self.runtime
+            now = self.loop.time()
+            for match, spec in rt.canaries.items():
+                if now - last_run.get(match, -math.inf) >= spec.interval_s:
+                    last_run[match] = now
+                    for state in rt.pool.states:
+                        if state.up and state.family in _families_of(spec, rt):
+                            self._spawn_canary(spec, state, spec.host)
+            for request in self.health.due_canaries():
+                self._canary_now(request)
+            await asyncio.sleep(CANARY_TICK_S)
 
     def save_health(self) -> None:
         path = self.runtime.config.egress.state_file
@@ -134,6 +192,7 @@ class Gateway:
         for state in self.runtime.pool.states:
             self.metrics.set_egress(str(state.bind), str(state.public), state.up)
         self._tasks.append(self.loop.create_task(self._health_loop()))
+        self._tasks.append(self.loop.create_task(self._canary_loop()))
 
     async def _listen(self, what: str, host: Any, port: int, factory: Any) -> asyncio.Server:
         try:
@@ -206,7 +265,7 @@ class Gateway:
 
     async def close(self) -> None:
         current = asyncio.current_task()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._canary_tasks]:
             if task is not current:
                 task.cancel()
         for server in self.servers.values():

@@ -214,6 +214,9 @@ class Health:
         self._clock = clock
         self._wall = wall
         self._suspects: dict[tuple[str, str], _Suspect] = {}
+        # Called with each CanaryRequest observe() makes, so callers that only observe
+        # (deep in the data path) need not pass requests around.
+        self.on_canary: Callable[[CanaryRequest], None] | None = None
         self._pending: dict[tuple[str, str], float] = {}  # canary asked for -> deadline
         self.dirty = False  # a quarantine began or ended since the last save()
 
@@ -245,7 +248,10 @@ class Health:
             log.info("egress %s is suspect for %s: %s", egress, host, reason)
         suspect.reason, suspect.last = reason, now
         if rule.canary is not None:
-            return self._ask_canary(key, rule.canary, now)
+            request = self._ask_canary(key, rule.canary, now)
+            if request is not None and self.on_canary is not None:
+                self.on_canary(request)  # the gateway runs it now
+            return request
         strikes = suspect.strikes
         strikes.append(now)
         while strikes[0] <= now - rule.window_s:
