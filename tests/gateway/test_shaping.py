@@ -152,3 +152,13 @@ def test_first_matching_destination_decides_shaping(
     )
     codes = [get(gw, f"http://api.vendor.test:{vendor.port}/f{i}").status_code for i in range(3)]
     assert codes == [200, 200, 200]  # the first entry (no shaping) matched
+
+
+def test_a_new_connection_costs_one_token_not_two(make_gateway, dns, vendor: VendorServer) -> None:
+    # burst 2, no refill to speak of: two requests on fresh connections must both pass
+    gw = shaped(make_gateway, dns, vendor, rate="1/min", burst=2, queue_timeout_s=0)
+    gw.call(gw.gateway.upstreams.close_all)
+    first = get(gw, f"http://api.vendor.test:{vendor.port}/one")
+    gw.call(gw.gateway.upstreams.close_all)  # the second needs a new upstream connection too
+    second = get(gw, f"http://api.vendor.test:{vendor.port}/two")
+    assert (first.status_code, second.status_code) == (200, 200)

@@ -200,7 +200,13 @@ class HttpProxySession(ClientSession):
             # Waiting on DNS or a new connection: stop reading meanwhile, so a body or
             # pipelined requests cannot pile up (the synchronous path never pauses).
             self.pause("dial")
-            self.dial_task = self.loop.create_task(self.dial_slowly(head, client, target, result))
+            task = self.loop.create_task(self.dial_slowly(head, client, target, result))
+            if result.permit is not None:
+                # Cancelled before its first step, a coroutine runs no cleanup: give the
+                # permit dial_now took back here (release is idempotent).
+                permit = result.permit
+                task.add_done_callback(lambda t: permit.release() if t.cancelled() else None)
+            self.dial_task = task
 
     def prepare(self, head: RequestHead) -> tuple[ClientConfig, http1.Target] | None:
         """Everything decided without waiting: who is asking, for where, within limits."""

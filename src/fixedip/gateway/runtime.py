@@ -212,6 +212,7 @@ class Attempt:
 
     route: Route | None = None
     egress: EgressState | None = None
+    permit: Permit | None = None  # already taken for `egress`: dial() uses it, not another
 
 
 class Router:
@@ -398,9 +399,7 @@ def dial_now(
     up = upstreams.take((egress.bind, address, port))
     if up is not None:
         return Dialed(up, address, egress, True, rule, permit)
-    if permit is not None:
-        permit.release()  # dial() takes its own, in turn
-    return Attempt(route, egress)
+    return Attempt(route, egress, permit)  # a new connection is needed: dial() makes it
 
 
 async def dial(
@@ -434,7 +433,7 @@ async def dial(
                 raise Refused(Decision(Reason.DNS_FAILED), str(exc)) from None
         route = rt.router.route(client, host, port, addresses, tunnel)
 
-    first_choice = attempt.egress
+    first_choice, first_permit = attempt.egress, attempt.permit
     last: UpstreamError | None = None
     for address, rule in route:
         tried: set[str] = set()
@@ -445,7 +444,11 @@ async def dial(
             else:
                 egress = _choose(rt, health, client, host, _family(address), tried)
             key: PoolKey = (egress.bind, address, port)
-            permit = await _acquire(rt.limiter(host), egress)
+            if first_permit is not None:
+                permit: Permit | None = first_permit
+                first_permit = None
+            else:
+                permit = await _acquire(rt.limiter(host), egress)
             if not tunnel:
                 up = upstreams.take(key)
                 if up is not None:
