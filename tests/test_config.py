@@ -276,10 +276,10 @@ BAD_FILES = [
         "the [ingress] section (the webhook relay) is not supported yet",
     ),
     (
-        "routes-section",
-        EGRESS + '[[routes]]\nname = "stripe"\n',
-        "routes",
-        "the [routes] section (route mode) is not supported yet",
+        "routes-bad-base-url",
+        EGRESS + '[[routes]]\nname = "stripe"\nbase_url = "api.stripe.com"\n',
+        "routes[0].base_url",
+        'expected "https://host[:port][/prefix]"',
     ),
     (
         "destinations-bad-rate",
@@ -578,7 +578,9 @@ def test_docs_have_toml_examples() -> None:
 
 
 @pytest.mark.parametrize("example", doc_examples())
-def test_docs_example_loads(example: str) -> None:
+def test_docs_example_loads(example: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in re.findall(r'"env:([A-Z_]+)"', example):  # secrets the example names
+        monkeypatch.setenv(name, "example-secret")
     text = example if re.search(r"^\[egress\]", example, re.MULTILINE) else DOC_EGRESS + example
     parse(text, "docs/configuration.md")
 

@@ -8,6 +8,7 @@ it and exit 2 without a traceback.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -40,7 +41,6 @@ EMBEDDED_DEFAULT = "<embedded default>"
 # uses them is refused by name rather than silently ignored.
 NOT_SUPPORTED_YET = {
     "tls": "the TLS listener",
-    "routes": "route mode",
     "fleet": "the fleet",
     "ingress": "the webhook relay",
 }
@@ -392,6 +392,82 @@ class DestinationConfig(_Section):
         return v
 
 
+_ROUTE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _secret_problem(ref: str) -> str | None:
+    """Why a secret reference cannot be read now, or None. Secrets are read by the
+    gateway (again on every reload), never stored in the configuration object."""
+    if ref.startswith("env:"):
+        name = ref[4:]
+        if not name or name not in os.environ:
+            return f"environment variable {name!r} is not set"
+        return None
+    if ref.startswith("file:"):
+        path = Path(ref[5:])
+        if not path.is_file() or not os.access(path, os.R_OK):
+            return f"cannot read secret file {str(path)!r}"
+        return None
+    return 'expected "env:NAME" or "file:PATH" (never the secret itself)'
+
+
+class RouteConfig(_Section):
+    """Route mode: the function speaks plain HTTP to the gateway, which opens HTTPS to
+    base_url from the fixed IP and injects the credentials the function never holds."""
+
+    name: str
+    base_url: str
+    auth: dict[str, str] | None = None
+    ca_file: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _ROUTE_NAME_RE.match(v):
+            raise ValueError("expected lowercase letters, digits and '-' (it becomes a host label)")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        scheme, sep, rest = v.partition("://")
+        host = rest.split("/", 1)[0]
+        if not sep or scheme not in ("https", "http") or not host or "@" in host:
+            raise ValueError(
+                'expected "https://host[:port][/prefix]", e.g. "https://api.stripe.com"'
+            )
+        return v.rstrip("/")
+
+    @field_validator("auth")
+    @classmethod
+    def _auth(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
+        keys = set(v)
+        if keys == {"bearer"} or keys == {"basic"}:
+            ref = next(iter(v.values()))
+        elif keys == {"header", "value"}:
+            if not re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", v["header"]):
+                raise ValueError(f"{v['header']!r} is not a header name")
+            ref = v["value"]
+        else:
+            raise ValueError(
+                'expected { bearer = "env:NAME" }, { basic = "file:PATH" } or '
+                '{ header = "X-Api-Key", value = "env:NAME" }'
+            )
+        problem = _secret_problem(ref)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca(cls, v: str) -> str:
+        if v and not Path(v).is_file():
+            raise ValueError(f"no such CA bundle {v!r}")
+        return v
+
+
 class PolicyConfig(_Section):
     mode: Literal["enforce", "observe"] = "enforce"
 
@@ -414,6 +490,7 @@ class Config(_Section):
     limits: LimitsConfig = LimitsConfig()
     clients: list[ClientConfig] = []
     destinations: list[DestinationConfig] = []
+    routes: list[RouteConfig] = []
     demo: DemoConfig = DemoConfig()
     source: str = EMBEDDED_DEFAULT
 
@@ -439,6 +516,14 @@ class Config(_Section):
                         f"listen.{name}: port 0 cannot be shared by {self.server.workers} "
                         "workers; give a fixed port or set server.workers = 1"
                     )
+        route_names: dict[str, int] = {}
+        for i, route in enumerate(self.routes):
+            if route.name in route_names:
+                raise ValueError(
+                    f"routes[{i}].name: {route.name!r} is already the name of "
+                    f"routes[{route_names[route.name]}]"
+                )
+            route_names[route.name] = i
         first: dict[str, int] = {}
         for i, client in enumerate(self.clients):
             if client.name in first:

@@ -17,7 +17,15 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from fixedip.config import ClientConfig
-from fixedip.gateway.runtime import Attempt, Dialed, Refused, Runtime, dial, dial_now
+from fixedip.gateway.runtime import (
+    Attempt,
+    Dialed,
+    Refused,
+    RouteTarget,
+    Runtime,
+    dial,
+    dial_now,
+)
 from fixedip.gateway.session import MAX_EARLY_BYTES, ClientSession
 from fixedip.policy.auth import parse_basic
 from fixedip.policy.decision import Decision, Reason
@@ -44,6 +52,7 @@ _PROXY_AUTHENTICATE = (b"Proxy-Authenticate", b'Basic realm="fixedip", charset="
 _LOCAL_PATHS = (b"/whoami", b"/egress")
 RETRY_AFTER_S = 1
 _HOST = frozenset({b"host"})
+ROUTE_SUFFIX = ".route.fixedip"
 
 
 class HttpProxySession(ClientSession):
@@ -63,6 +72,7 @@ class HttpProxySession(ClientSession):
         self.head_clock = False
         self.pumping = False
         self.out: list[bytes] | None = None  # writes collected while a batch is processed
+        self.route: RouteTarget | None = None  # route mode for the current request
         self.auth_memo: tuple[Runtime, bytes | None, ClientConfig | None, Decision] | None = None
         # current exchange
         self.req_done = False
@@ -190,6 +200,7 @@ class HttpProxySession(ClientSession):
                 target.port,
                 target.is_ip,
                 tunnel=tunnel,
+                tls=self.route.tls if self.route else None,
             )
         except Exception as exc:
             self.failed(head, exc)
@@ -216,14 +227,20 @@ class HttpProxySession(ClientSession):
         client, decision = self.authenticate(head)
         if client is not None:
             record.client = client.name
+        self.route = None
         if head.method == "CONNECT":
             target = http1.parse_connect_target(head.target)
+        elif head.target.startswith(b"/r/"):
+            name, _, rest = head.target[3:].partition(b"/")
+            target = self.route_target(name.decode("latin-1"), b"/" + rest)
         elif head.target.startswith(b"/"):
             self.local_request(head, client, decision)
             return None
         else:
             target = http1.parse_absolute_target(head.target)
             self.check_host_header(head, target)
+            if target.host.endswith(ROUTE_SUFFIX):  # never resolved: it names a route
+                target = self.route_target(target.host[: -len(ROUTE_SUFFIX)], target.path)
         record.host, record.port = target.host, target.port
         if not decision.allowed:
             raise Refused(decision)
@@ -234,6 +251,15 @@ class HttpProxySession(ClientSession):
         if limit and (head.content_length or 0) > limit:
             raise Refused(Decision(Reason.BODY_TOO_LARGE), f"body over {limit} bytes")
         return client, target
+
+    def route_target(self, name: str, path: bytes) -> http1.Target:
+        """Route mode: the request goes to the route's base URL (over TLS when it is
+        https), with the vendor credential injected in send_request."""
+        route = self.gw.runtime.routes.get(name)
+        if route is None:
+            raise Refused(Decision(Reason.NO_SUCH_ROUTE, rule=f"routes.{name}"))
+        self.route = route
+        return http1.Target(route.host, route.port, route.prefix + path, route.is_ip)
 
     def authenticate(self, head: RequestHead) -> tuple[ClientConfig | None, Decision]:
         """The verdict on this request's credentials, memoised for the connection: the
@@ -264,6 +290,7 @@ class HttpProxySession(ClientSession):
                 target.is_ip,
                 tunnel=head.method == "CONNECT",
                 attempt=attempt,
+                tls=self.route.tls if self.route else None,
             )
         except Exception as exc:
             self.failed(head, exc)
@@ -332,10 +359,17 @@ class HttpProxySession(ClientSession):
         # Host is always the target's authority (RFC 9112 section 3.2.2), never the
         # client's spelling of it: the vendor sees one canonical name.
         policy = self.gw.runtime.sanitizer.for_host(target.host)
-        headers = http1.end_to_end(
-            head.headers, head.lnames, drop=policy.drop | _HOST, keep=policy.keep
-        )
-        authority = target.authority if target.port != 80 else target.authority[: -len(":80")]
+        route = self.route
+        drop = policy.drop | _HOST
+        if route is not None and route.inject is not None:
+            drop = drop | {route.inject[0].lower()}  # the function's own is never passed on
+        headers = http1.end_to_end(head.headers, head.lnames, drop=drop, keep=policy.keep)
+        if route is not None:
+            authority = route.authority
+            if route.inject is not None:
+                headers.append(route.inject)
+        else:
+            authority = target.authority if target.port != 80 else target.authority[: -len(":80")]
         headers.insert(0, (b"Host", authority.encode()))
         if head.chunked:
             headers.append((b"Transfer-Encoding", b"chunked"))
@@ -699,6 +733,7 @@ def _message(decision: Decision, status: int) -> bytes:
         "client name and password = token.",
         403: "The gateway's policy does not allow this destination.",
         400: "Bad request.",
+        404: "No route by that name: see [[routes]] in the gateway's configuration.",
         413: "The request body is larger than the gateway forwards (limits.max_body_bytes).",
         429: "The destination's rate or concurrency limit is reached; retry after Retry-After.",
         500: "The gateway hit an internal error; it is logged.",

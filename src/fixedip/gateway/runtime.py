@@ -6,13 +6,17 @@ A SIGHUP builds a new `Runtime`; new requests use it while open tunnels keep the
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import math
+import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from fixedip.config import ClientConfig, Config, DestinationConfig
+from fixedip.config import ClientConfig, Config, DestinationConfig, RouteConfig
 from fixedip.gateway.dns import DNSError, Resolver
 from fixedip.gateway.upstream import (
     EgressDown,
@@ -39,6 +43,7 @@ from fixedip.policy.auth import Authenticator
 from fixedip.policy.decision import Decision, Reason
 from fixedip.policy.guard import Guard
 from fixedip.policy.rules import RuleSet, parse_rule
+from fixedip.proto import http1
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -153,6 +158,8 @@ class Runtime:
             previous=previous.limits if previous else None,
         )
         self._limiters = {limiter.match: limiter for limiter in self.limits.limiters}
+        # Secrets are read here, so a reload picks up a rotated vendor credential.
+        self.routes: dict[str, RouteTarget] = {r.name: _route_target(r) for r in config.routes}
         # Canaries by destination match, for the gateway's canary runner.
         self.canaries: dict[str, CanarySpec] = {
             d.match: CanarySpec.from_mapping(d.canary) for d in config.destinations if d.canary
@@ -201,6 +208,68 @@ class Runtime:
 
 
 Route = list[tuple[IPAddress, "str | None"]]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTLS:
+    server_name: str
+    context: ssl.SSLContext
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTarget:
+    """A `[[routes]]` entry ready to serve: where it goes and what it injects."""
+
+    name: str
+    host: str
+    port: int
+    is_ip: bool
+    prefix: bytes
+    tls: RouteTLS | None
+    inject: tuple[bytes, bytes] | None  # (header, value) holding the vendor credential
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.tls else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def _read_secret(ref: str) -> str:
+    if ref.startswith("env:"):
+        return os.environ[ref[4:]]
+    return Path(ref[5:]).read_text(encoding="utf-8").strip()
+
+
+def _route_target(route: RouteConfig) -> RouteTarget:
+    scheme, _, rest = route.base_url.partition("://")
+    authority, _, prefix = rest.partition("/")
+    tls = scheme == "https"
+    host, is_ip, port = http1.parse_authority(authority.encode("ascii"), 443 if tls else 80)
+    inject = None
+    if route.auth is not None:
+        if "bearer" in route.auth:
+            inject = (b"Authorization", b"Bearer " + _read_secret(route.auth["bearer"]).encode())
+        elif "basic" in route.auth:
+            raw = _read_secret(route.auth["basic"]).encode()
+            inject = (b"Authorization", b"Basic " + base64.b64encode(raw))
+        else:
+            value = _read_secret(route.auth["value"]).encode()
+            inject = (route.auth["header"].encode("ascii"), value)
+    context = None
+    if tls:
+        context = ssl.create_default_context(cafile=route.ca_file or None)
+    return RouteTarget(
+        name=route.name,
+        host=host,
+        port=port,
+        is_ip=is_ip,
+        prefix=b"/" + prefix.encode() if prefix else b"",
+        tls=RouteTLS(host, context) if context else None,
+        inject=inject,
+    )
+
+
 ROUTE_CACHE_MAX = 4096
 DEFAULT_BLOCK_STATUSES: frozenset[int] = frozenset({403, 429})
 
@@ -377,6 +446,7 @@ def dial_now(
     is_ip: bool,
     *,
     tunnel: bool,
+    tls: RouteTLS | None = None,
 ) -> Dialed | Attempt:
     """The synchronous fast path: a cached answer and an idle pooled connection mean a
     request is decided and on its way without a task. Otherwise returns what it settled
@@ -396,7 +466,7 @@ def dial_now(
         permit = limiter.try_acquire(egress.bind_text)
         if permit is None:
             return Attempt(route, egress)  # waits for a token or a slot in dial()
-    up = upstreams.take((egress.bind, address, port))
+    up = upstreams.take((egress.bind, address, port, tls.server_name if tls else ""))
     if up is not None:
         return Dialed(up, address, egress, True, rule, permit)
     return Attempt(route, egress, permit)  # a new connection is needed: dial() makes it
@@ -415,6 +485,7 @@ async def dial(
     *,
     tunnel: bool,
     attempt: Attempt | None = None,
+    tls: RouteTLS | None = None,
 ) -> Dialed:
     """Decide and connect; raises Refused with the deciding Decision."""
     attempt = attempt or Attempt()
@@ -443,7 +514,7 @@ async def dial(
                 first_choice = None
             else:
                 egress = _choose(rt, health, client, host, _family(address), tried)
-            key: PoolKey = (egress.bind, address, port)
+            key: PoolKey = (egress.bind, address, port, tls.server_name if tls else "")
             if first_permit is not None:
                 permit: Permit | None = first_permit
                 first_permit = None
@@ -455,7 +526,12 @@ async def dial(
                     return Dialed(up, address, egress, True, rule, permit)
             started = time.perf_counter()
             try:
-                up = await connect(key, upstreams, rt.config.timeouts.connect_s)
+                up = await connect(
+                    key,
+                    upstreams,
+                    rt.config.timeouts.connect_s,
+                    ssl_context=tls.context if tls else None,
+                )
             except EgressDown as exc:
                 _release(permit)
                 rt.pool.mark_down(egress, str(exc))

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import ipaddress
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -18,7 +19,8 @@ from fixedip.policy.decision import Reason
 from fixedip.proto.http1 import ResponseParser
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-PoolKey = tuple[IPAddress, IPAddress, int]  # (egress bind, destination address, port)
+# (egress bind, destination address, port, TLS server name or "" for plain TCP)
+PoolKey = tuple[IPAddress, IPAddress, int, str]
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
@@ -222,9 +224,11 @@ async def connect(
     pool: UpstreamPool,
     timeout_s: float,
     factory: Callable[[PoolKey, UpstreamPool], Upstream] = Upstream,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Upstream:
-    """A new connection from egress `key[0]` to `key[1]:key[2]`."""
-    bind, address, port = key
+    """A new connection from egress `key[0]` to `key[1]:key[2]`; with `ssl_context`,
+    TLS to server name `key[3]`, the certificate verified (route mode)."""
+    bind, address, port, server_name = key
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -258,7 +262,21 @@ async def connect(
             raise UpstreamError(
                 reason, f"connect to {address}:{port}: {exc.strerror or exc}"
             ) from None
-        _, up = await loop.create_connection(lambda: factory(key, pool), sock=sock)
+        if ssl_context is None:
+            _, up = await loop.create_connection(lambda: factory(key, pool), sock=sock)
+            return up
+        try:
+            _, up = await loop.create_connection(
+                lambda: factory(key, pool),
+                sock=sock,
+                ssl=ssl_context,
+                server_hostname=server_name,
+                ssl_handshake_timeout=timeout_s,
+            )
+        except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            raise UpstreamError(
+                Reason.UPSTREAM_TLS_FAILED, f"TLS to {server_name} ({address}:{port}): {exc}"
+            ) from None
         return up
     except BaseException:
         sock.close()

@@ -41,6 +41,8 @@ class Reason(StrEnum):
     RATE_LIMITED = "rate_limited"
     CONCURRENCY_LIMITED = "concurrency_limited"
     DESTINATION_PAUSED = "destination_paused"
+    UPSTREAM_TLS_FAILED = "upstream_tls_failed"
+    NO_SUCH_ROUTE = "no_such_route"
 
 
 # reason -> (HTTP status, RFC 9209 proxy error type)
@@ -72,6 +74,8 @@ _HTTP: dict[Reason, tuple[int, str]] = {
     Reason.RATE_LIMITED: (429, "http_request_denied"),
     Reason.CONCURRENCY_LIMITED: (429, "connection_limit_reached"),
     Reason.DESTINATION_PAUSED: (429, "destination_unavailable"),
+    Reason.UPSTREAM_TLS_FAILED: (502, "tls_certificate_error"),
+    Reason.NO_SUCH_ROUTE: (404, "destination_not_found"),
 }
 
 # RFC 1928 section 6 reply codes
