@@ -193,6 +193,14 @@ class EgressConfig(_Section):
     health_check_s: float = Field(default=10.0, gt=0, strict=True)
     # Quarantines survive restarts here; empty: kept in memory only.
     state_file: str = ""
+    quarantine_s: float = Field(default=60.0, gt=0)  # first quarantine; doubles per repeat
+    quarantine_max_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _quarantine_bounds(self) -> EgressConfig:
+        if self.quarantine_s > self.quarantine_max_s:
+            raise ValueError("quarantine_s: must not exceed quarantine_max_s")
+        return self
 
     @field_validator("ips")
     @classmethod

@@ -42,8 +42,9 @@ def clients() -> list[dict]:
 def blocking_gateway(make_gateway, dns, **overrides) -> RunningGateway:
     dns.table["vendor.test"] = ["127.0.0.1"]
     dns.table["other.test"] = ["127.0.0.1"]
+    egress = {"strategy": "round-robin", **overrides.pop("egress", {})}
     return make_gateway(
-        egress={"strategy": "round-robin"},
+        egress=egress,
         dns={"servers": [f"127.0.0.1:{dns.port}"]},
         clients=clients(),
         **overrides,
@@ -139,3 +140,20 @@ def test_quarantine_survives_a_restart_with_a_state_file(
     with running(config) as gw:
         peers = {get(gw, url).json()["peer"] for _ in range(4)}
     assert peers == {ALLOWED_EGRESS}
+
+
+def test_a_quarantined_ip_returns_to_rotation_after_its_back_off(
+    make_gateway, dns, vendor: VendorServer
+) -> None:
+    import time
+
+    gw = blocking_gateway(
+        make_gateway, dns, egress={"strategy": "round-robin", "quarantine_s": 0.5}
+    )
+    url = f"http://vendor.test:{vendor.port}/"
+    for _ in range(6):
+        get(gw, url)
+    assert {get(gw, url).json()["peer"] for _ in range(4)} == {ALLOWED_EGRESS}
+    time.sleep(0.7)  # the back-off ends: .11 is tried again (and, still blocked, goes back)
+    peers = [get(gw, url).json()["peer"] for _ in range(4)]
+    assert OTHER_EGRESS in peers

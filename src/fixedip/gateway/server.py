@@ -26,7 +26,7 @@ from fixedip.gateway.session import ClientSession
 from fixedip.gateway.socks import SocksSession
 from fixedip.gateway.upstream import UpstreamPool
 from fixedip.identity.canary import CanarySpec, probe
-from fixedip.identity.health import CanaryRequest, Health
+from fixedip.identity.health import Backoff, CanaryRequest, Health
 from fixedip.identity.pool import EgressState, probe_bind
 from fixedip.observe.admin import AdminServer, start_admin
 from fixedip.observe.flowlog import FlowLog, FlowRecord
@@ -82,10 +82,11 @@ class Gateway:
     def _health(self, config: Config) -> Health:
         """Quarantines outlive reloads (and, with egress.state_file, restarts)."""
         rule_for = lambda host: self.runtime.block_rule(host)  # noqa: E731  (the current config's)
+        backoff = Backoff(base_s=config.egress.quarantine_s, cap_s=config.egress.quarantine_max_s)
         if config.egress.state_file:
-            health = Health.load(config.egress.state_file, rule_for)
+            health = Health.load(config.egress.state_file, rule_for, backoff)
         else:
-            health = Health(rule_for)
+            health = Health(rule_for, backoff)
         health.on_canary = self._canary_now
         return health
 
