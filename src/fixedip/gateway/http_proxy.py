@@ -17,11 +17,11 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from fixedip.config import ClientConfig
+from fixedip.gateway.routes import RouteTarget
 from fixedip.gateway.runtime import (
     Attempt,
     Dialed,
     Refused,
-    RouteTarget,
     Runtime,
     dial,
     dial_now,

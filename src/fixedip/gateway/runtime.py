@@ -6,18 +6,15 @@ A SIGHUP builds a new `Runtime`; new requests use it while open tunnels keep the
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import math
-import os
 import socket
-import ssl
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from fixedip.config import ClientConfig, Config, DestinationConfig, RouteConfig
+from fixedip.config import ClientConfig, Config, DestinationConfig
 from fixedip.gateway.dns import DNSError, Resolver
+from fixedip.gateway.routes import RouteTarget, RouteTLS, route_target
 from fixedip.gateway.upstream import (
     EgressDown,
     PoolKey,
@@ -43,7 +40,6 @@ from fixedip.policy.auth import Authenticator
 from fixedip.policy.decision import Decision, Reason
 from fixedip.policy.guard import Guard
 from fixedip.policy.rules import RuleSet, parse_rule
-from fixedip.proto import http1
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -159,7 +155,7 @@ class Runtime:
         )
         self._limiters = {limiter.match: limiter for limiter in self.limits.limiters}
         # Secrets are read here, so a reload picks up a rotated vendor credential.
-        self.routes: dict[str, RouteTarget] = {r.name: _route_target(r) for r in config.routes}
+        self.routes: dict[str, RouteTarget] = {r.name: route_target(r) for r in config.routes}
         # Canaries by destination match, for the gateway's canary runner.
         self.canaries: dict[str, CanarySpec] = {
             d.match: CanarySpec.from_mapping(d.canary) for d in config.destinations if d.canary
@@ -208,66 +204,6 @@ class Runtime:
 
 
 Route = list[tuple[IPAddress, "str | None"]]
-
-
-@dataclass(frozen=True, slots=True)
-class RouteTLS:
-    server_name: str
-    context: ssl.SSLContext
-
-
-@dataclass(frozen=True, slots=True)
-class RouteTarget:
-    """A `[[routes]]` entry ready to serve: where it goes and what it injects."""
-
-    name: str
-    host: str
-    port: int
-    is_ip: bool
-    prefix: bytes
-    tls: RouteTLS | None
-    inject: tuple[bytes, bytes] | None  # (header, value) holding the vendor credential
-
-    @property
-    def authority(self) -> str:
-        default = 443 if self.tls else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
-
-
-def _read_secret(ref: str) -> str:
-    if ref.startswith("env:"):
-        return os.environ[ref[4:]]
-    return Path(ref[5:]).read_text(encoding="utf-8").strip()
-
-
-def _route_target(route: RouteConfig) -> RouteTarget:
-    scheme, _, rest = route.base_url.partition("://")
-    authority, _, prefix = rest.partition("/")
-    tls = scheme == "https"
-    host, is_ip, port = http1.parse_authority(authority.encode("ascii"), 443 if tls else 80)
-    inject = None
-    if route.auth is not None:
-        if "bearer" in route.auth:
-            inject = (b"Authorization", b"Bearer " + _read_secret(route.auth["bearer"]).encode())
-        elif "basic" in route.auth:
-            raw = _read_secret(route.auth["basic"]).encode()
-            inject = (b"Authorization", b"Basic " + base64.b64encode(raw))
-        else:
-            value = _read_secret(route.auth["value"]).encode()
-            inject = (route.auth["header"].encode("ascii"), value)
-    context = None
-    if tls:
-        context = ssl.create_default_context(cafile=route.ca_file or None)
-    return RouteTarget(
-        name=route.name,
-        host=host,
-        port=port,
-        is_ip=is_ip,
-        prefix=b"/" + prefix.encode() if prefix else b"",
-        tls=RouteTLS(host, context) if context else None,
-        inject=inject,
-    )
 
 
 ROUTE_CACHE_MAX = 4096
