@@ -6,6 +6,7 @@ The stub vendor answers 403 to every address but 127.0.0.10, so 127.0.0.11 is "b
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def blocking_gateway(make_gateway, dns, **overrides) -> RunningGateway:
     return make_gateway(
         egress=egress,
         dns={"servers": [f"127.0.0.1:{dns.port}"]},
-        clients=clients(),
+        clients=overrides.pop("clients", clients()),
         **overrides,
     )
 
@@ -157,3 +158,95 @@ def test_a_quarantined_ip_returns_to_rotation_after_its_back_off(
     time.sleep(0.7)  # the back-off ends: .11 is tried again (and, still blocked, goes back)
     peers = [get(gw, url).json()["peer"] for _ in range(4)]
     assert OTHER_EGRESS in peers
+
+
+class Resetter:
+    """A 'vendor' that accepts and resets every connection (SO_LINGER 0), counting them."""
+
+    def __init__(self) -> None:
+        import socket
+        import struct
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.peers: list[str] = []
+        linger = struct.pack("ii", 1, 0)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, addr = self.sock.accept()
+                except OSError:
+                    return
+                self.peers.append(addr[0])
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_connection_resets_quarantine_the_ip(make_gateway, dns) -> None:
+    dns.table["reset.test"] = ["127.0.0.1"]
+    resetter = Resetter()
+    try:
+        gw = blocking_gateway(make_gateway, dns)
+        url = f"http://reset.test:{resetter.port}/"
+        for _ in range(3):  # three resets from the pinned client's one IP
+            r = get(gw, url, "pinned")
+            assert r.status_code == 502
+        r = get(gw, url, "pinned")
+        assert r.status_code == 503 and "egress_quarantined" in r.headers["Proxy-Status"]
+        assert resetter.peers == [OTHER_EGRESS] * 3
+    finally:
+        resetter.close()
+
+
+def test_tunnel_resets_before_any_byte_quarantine_the_ip(make_gateway, dns) -> None:
+    import socket
+
+    from tests.helpers import TOKENS, basic
+
+    dns.table["reset.test"] = ["127.0.0.1"]
+    resetter = Resetter()
+    try:
+        gw = blocking_gateway(
+            make_gateway,
+            dns,
+            clients=[
+                {
+                    "name": "pinned",
+                    "token_hash": token_hash("pinned"),
+                    "allow": ["*.test:*"],
+                    "egress": OTHER_EGRESS,
+                    "connect_ports": [resetter.port],
+                }
+            ],
+        )
+        connect = (
+            f"CONNECT reset.test:{resetter.port} HTTP/1.1\r\n"
+            f"Proxy-Authorization: {basic('pinned', TOKENS['pinned'])}\r\n\r\n"
+        ).encode()
+        for _ in range(3):
+            with socket.create_connection(gw.http, timeout=5) as s:
+                s.sendall(connect)
+                assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+                s.sendall(b"\x16\x03\x01 client hello")  # the destination resets at the handshake
+                s.settimeout(5)
+                try:
+                    while s.recv(4096):
+                        pass
+                except ConnectionResetError:
+                    pass
+        with socket.create_connection(gw.http, timeout=5) as s:
+            s.sendall(connect)
+            assert s.recv(4096).startswith(b"HTTP/1.1 503 ")
+    finally:
+        resetter.close()

@@ -73,6 +73,7 @@ class HttpProxySession(ClientSession):
         self.pumping = False
         self.out: list[bytes] | None = None  # writes collected while a batch is processed
         self.route: RouteTarget | None = None  # route mode for the current request
+        self.upstream_was_pooled = False
         self.auth_memo: tuple[Runtime, bytes | None, ClientConfig | None, Decision] | None = None
         # current exchange
         self.req_done = False
@@ -350,6 +351,7 @@ class HttpProxySession(ClientSession):
 
     def send_request(self, head: RequestHead, target: http1.Target, dialed: Dialed) -> None:
         up = dialed.upstream
+        self.upstream_was_pooled = dialed.reused
         self.upstream = up
         up.attach(self)
         if up.parser is None:
@@ -539,6 +541,16 @@ class HttpProxySession(ClientSession):
             return
         if self.upstream is None:
             return
+        record = self.record
+        if (
+            isinstance(exc, ConnectionResetError)
+            and not self.resp_started
+            and not self.upstream_was_pooled  # a pooled connection going stale is normal
+            and record is not None
+            and record.egress is not None
+            and record.host is not None
+        ):
+            self.gw.health.observe(record.egress, record.host, "reset")
         if not self.resp_done:
             self.upstream_reusable = False
             self.upstream_broken(Reason.UPSTREAM_CLOSED, "upstream connection lost")
