@@ -83,8 +83,8 @@ class Gateway:
         """Quarantines outlive reloads (and, with egress.state_file, restarts)."""
         rule_for = lambda host: self.runtime.block_rule(host)  # noqa: E731  (the current config's)
         backoff = Backoff(base_s=config.egress.quarantine_s, cap_s=config.egress.quarantine_max_s)
-        if config.egress.state_file:
-            health = Health.load(config.egress.state_file, rule_for, backoff)
+        if self.state_path:
+            health = Health.load(self.state_path, rule_for, backoff)
         else:
             health = Health(rule_for, backoff)
         health.on_canary = self._canary_now
@@ -133,8 +133,15 @@ class Gateway:
                 self._canary_now(request)
             await asyncio.sleep(CANARY_TICK_S)
 
-    def save_health(self) -> None:
+    @property
+    def state_path(self) -> str:
+        """egress.state_file; with several workers each keeps its own (`<file>.w<N>`),
+        since they learn blocks separately and must not overwrite each other."""
         path = self.runtime.config.egress.state_file
+        return f"{path}.w{self.worker}" if path and self.workers > 1 else path
+
+    def save_health(self) -> None:
+        path = self.state_path
         if path and self.health.dirty:
             try:
                 self.health.save(path)
