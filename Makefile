@@ -24,8 +24,9 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/fixedip serve $(if $(CONFIG),--config $(CONFIG))
 
-# The suite runs inside a fresh network namespace that holds only loopback, so a test
-# that expects a refusal can never put a packet on a real network (see docs/testing.md).
+# The suite runs inside a fresh network namespace that holds only loopback
+# (scripts/isolated: `unshare --net`, then `ip link set lo up`), so a test that expects a
+# refusal can never put a packet on a real network (see docs/testing.md).
 test: install-dev lint
 	scripts/isolated $(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
