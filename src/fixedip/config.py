@@ -524,22 +524,17 @@ class Config(_Section):
                         f"listen.{name}: port 0 cannot be shared by {self.server.workers} "
                         "workers; give a fixed port or set server.workers = 1"
                     )
-        route_names: dict[str, int] = {}
-        for i, route in enumerate(self.routes):
-            if route.name in route_names:
-                raise ValueError(
-                    f"routes[{i}].name: {route.name!r} is already the name of "
-                    f"routes[{route_names[route.name]}]"
-                )
-            route_names[route.name] = i
-        first: dict[str, int] = {}
-        for i, client in enumerate(self.clients):
-            if client.name in first:
-                raise ValueError(
-                    f"clients[{i}].name: {client.name!r} is already the name of "
-                    f"clients[{first[client.name]}]; client names must be unique"
-                )
-            first[client.name] = i
+        repeat = _repeated([r.name for r in self.routes])
+        if repeat:
+            i, first, name = repeat
+            raise ValueError(f"routes[{i}].name: {name!r} is already the name of routes[{first}]")
+        repeat = _repeated([c.name for c in self.clients])
+        if repeat:
+            i, first, name = repeat
+            raise ValueError(
+                f"clients[{i}].name: {name!r} is already the name of "
+                f"clients[{first}]; client names must be unique"
+            )
         pool = {ip.bind for ip in self.egress.ips} | {ip.seen_as for ip in self.egress.ips}
         for i, client in enumerate(self.clients):
             if client.egress is not None and client.egress not in pool:
@@ -554,6 +549,16 @@ class Config(_Section):
             if c.name == name:
                 return c
         return None
+
+
+def _repeated(names: list[str]) -> tuple[int, int, str] | None:
+    """(index, index of its first use, name) for the first name used twice, or None."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            return i, first[name], name
+        first[name] = i
+    return None
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

@@ -51,7 +51,6 @@ IDLE, DIALING, FORWARDING, TUNNEL = range(4)
 _PROXY_AUTHENTICATE = (b"Proxy-Authenticate", b'Basic realm="fixedip", charset="UTF-8"')
 _LOCAL_PATHS = (b"/whoami", b"/egress")
 RETRY_AFTER_S = 1
-_HOST = frozenset({b"host"})
 ROUTE_SUFFIX = ".route.fixedip"
 
 
@@ -360,9 +359,10 @@ class HttpProxySession(ClientSession):
         self.resp_head_method = head.method
         # Host is always the target's authority (RFC 9112 section 3.2.2), never the
         # client's spelling of it: the vendor sees one canonical name.
-        policy = self.gw.runtime.sanitizer.for_host(target.host)
+        rt = self.gw.runtime
+        policy = rt.sanitizer.for_destination(rt.destination(target.host))
         route = self.route
-        drop = policy.drop | _HOST
+        drop = policy.forward_drop
         if route is not None and route.inject is not None:
             drop = drop | {route.inject[0].lower()}  # the function's own is never passed on
         headers = http1.end_to_end(head.headers, head.lnames, drop=drop, keep=policy.keep)
@@ -513,7 +513,7 @@ class HttpProxySession(ClientSession):
         """A vendor's Retry-After pauses that destination (for that egress IP when the
         destination counts per IP), so the gateway stops asking until then."""
         limiter = self.gw.runtime.limiter(host)
-        value = http1_header(resp, b"retry-after")
+        value = resp.get(b"retry-after")
         if limiter is None or value is None:
             return
         seconds = retry_after_seconds(value)
@@ -718,13 +718,6 @@ class HttpProxySession(ClientSession):
         if self.dial_task is not None and not self.dial_task.done():
             self.dial_task.cancel()
         super().connection_lost(exc)
-
-
-def http1_header(head: ResponseHead, name: bytes) -> bytes | None:
-    try:
-        return head.headers[head.lnames.index(name)][1]
-    except ValueError:
-        return None
 
 
 def retry_after_seconds(value: bytes) -> float | None:

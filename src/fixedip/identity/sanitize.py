@@ -15,9 +15,6 @@ from dataclasses import dataclass
 
 from fixedip.client.headers import header_filter
 from fixedip.config import DestinationConfig
-from fixedip.policy.rules import Rule, parse_rule
-
-CACHE_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +24,14 @@ class HeaderPolicy:
     preset: str
     drop: frozenset[bytes]
     keep: frozenset[bytes] | None  # None: keep everything not dropped
+
+    @property
+    def forward_drop(self) -> frozenset[bytes]:
+        """`drop` plus Host, which the gateway always rewrites to the target's authority."""
+        return self.drop | _HOST
+
+
+_HOST = frozenset({b"host"})
 
 
 def _policy(preset: str, extra: Sequence[str]) -> HeaderPolicy:
@@ -40,32 +45,14 @@ STANDARD = _policy("standard", ())
 
 
 class Sanitizer:
-    """First `[[destinations]]` entry whose `match` fits the host decides; memoised."""
+    """The header policy of each `[[destinations]]` entry. Which entry applies to a host
+    is the runtime's one first-match lookup (`Runtime.destination`); hosts no entry
+    matches get `standard`."""
 
     def __init__(self, destinations: Sequence[DestinationConfig]) -> None:
-        # `match` is an exact name, *.domain, * (a name rule) or one IP address (the
-        # canonical text of an IP-literal host).
-        self._entries: list[tuple[str | Rule, HeaderPolicy]] = []
-        for d in destinations:
-            policy = _policy(d.sanitize, d.sanitize_extra)
-            rule = parse_rule(f"[{d.match}]:*" if ":" in d.match else f"{d.match}:*")
-            self._entries.append((rule if rule.host is not None else d.match, policy))
-        self._cache: dict[str, HeaderPolicy] = {}
+        self._by_match: dict[str, HeaderPolicy] = {}
+        for d in destinations:  # a repeated match: the first entry is the one that applies
+            self._by_match.setdefault(d.match, _policy(d.sanitize, d.sanitize_extra))
 
-    def for_host(self, host: str) -> HeaderPolicy:
-        policy = self._cache.get(host)
-        if policy is None:
-            policy = next(
-                (p for match, p in self._entries if _matches(match, host)),
-                STANDARD,
-            )
-            if len(self._cache) >= CACHE_MAX:
-                self._cache.clear()
-            self._cache[host] = policy
-        return policy
-
-
-def _matches(match: str | Rule, host: str) -> bool:
-    if isinstance(match, str):
-        return match == host
-    return match.matches_name(host, match.port_lo)
+    def for_destination(self, destination: DestinationConfig | None) -> HeaderPolicy:
+        return STANDARD if destination is None else self._by_match[destination.match]

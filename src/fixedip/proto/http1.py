@@ -78,12 +78,7 @@ class RequestHead:
     lnames: list[bytes] = field(default_factory=list, compare=False, repr=False)
 
     def get(self, name: bytes) -> bytes | None:
-        """The first value of header `name` (lowercase)."""
-        lnames = self.lnames or [k.lower() for k, _ in self.headers]
-        try:
-            return self.headers[lnames.index(name)][1]
-        except ValueError:
-            return None
+        return _first_value(self.headers, self.lnames, name)
 
     @property
     def has_body(self) -> bool:
@@ -100,6 +95,20 @@ class ResponseHead:
     chunked: bool
     content_length: int | None
     lnames: list[bytes] = field(default_factory=list, compare=False, repr=False)
+
+    def get(self, name: bytes) -> bytes | None:
+        return _first_value(self.headers, self.lnames, name)
+
+
+def _first_value(
+    headers: list[tuple[bytes, bytes]], lnames: list[bytes], name: bytes
+) -> bytes | None:
+    """The first value of header `name` (lowercase) in a parsed head."""
+    lnames = lnames or [k.lower() for k, _ in headers]
+    try:
+        return headers[lnames.index(name)][1]
+    except ValueError:
+        return None
 
 
 @dataclass(slots=True)
