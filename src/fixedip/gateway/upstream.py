@@ -149,7 +149,8 @@ class Upstream(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per (egress, address, port), bounded and timed out."""
+    """Idle keep-alive connections per (egress, address, port, TLS name), bounded and timed
+    out."""
 
     def __init__(self, idle_s: float, per_key: int) -> None:
         self.idle_s = idle_s
