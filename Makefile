@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-$(VENV)/.installed-dev: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[server,dev]'
+$(VENV)/.installed-dev: $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[server,aws,dev]'
 	touch $@
 
 install-dev: $(VENV)/.installed-dev

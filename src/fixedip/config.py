@@ -8,7 +8,6 @@ it and exit 2 without a traceback.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -18,22 +17,43 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from fixedip.configtypes import (
+    ConfigError,
+    Endpoint,
+    EndpointField,
+    IPAddress,
+    IPAddressField,
+    IPNetwork,
+    IPNetworkField,
+    ListenField,
+    Section,
+    parse_endpoint,
+    read_secret,
+    secret_problem,
+)
 from fixedip.identity.limits import parse_rate
 from fixedip.policy import rules as rules_mod
 from fixedip.policy import tokens
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = [
+    "EMBEDDED_DEFAULT",
+    "Config",
+    "ConfigError",
+    "Endpoint",
+    "IPAddress",
+    "IPNetwork",
+    "load",
+    "parse",
+    "parse_endpoint",
+    "read_secret",
+]
 
 EMBEDDED_DEFAULT = "<embedded default>"
 
@@ -46,101 +66,11 @@ NOT_SUPPORTED_YET = {
 }
 
 
-class ConfigError(Exception):
-    """A configuration problem, phrased for the operator; `str()` is the whole message."""
-
-
-class Endpoint(BaseModel):
-    """A `host:port` listen or server address (`[v6]:port` for IPv6)."""
-
-    model_config = ConfigDict(frozen=True)
-    host: IPAddress
-    port: int
-
-    def __str__(self) -> str:
-        if self.host.version == 6:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-
-_ENDPOINT_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<v4>[0-9.]+)):(?P<port>[0-9]{1,5})$")
-
-
-def _parse_endpoint(value: Any) -> Any:
-    if isinstance(value, Endpoint | dict):
-        return value
-    if not isinstance(value, str):
-        raise ValueError('expected a string "address:port", e.g. "127.0.0.1:3128"')
-    m = _ENDPOINT_RE.match(value.strip())
-    if not m:
-        raise ValueError(
-            f'expected "address:port" with a numeric IP address, e.g. "127.0.0.1:3128" '
-            f'or "[::1]:3128", got "{value}"'
-        )
-    try:
-        host = ipaddress.ip_address(m["v6"] or m["v4"])
-    except ValueError:
-        raise ValueError(f'"{value}" does not hold a valid IP address') from None
-    port = int(m["port"])
-    if not 0 <= port <= 65535:
-        raise ValueError(f'port in "{value}" must be between 0 (any free port) and 65535')
-    return {"host": host, "port": port}
-
-
-EndpointField = Annotated[
-    Endpoint, BeforeValidator(_parse_endpoint), PlainSerializer(str, return_type=str)
-]
-
-
-def _listen_endpoint(value: Any) -> Any:
-    return None if value == "" else value
-
-
-# A listener: "address:port", or "" to turn it off.
-ListenField = Annotated[EndpointField | None, BeforeValidator(_listen_endpoint)]
-
-
-def _parse_ip(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        return ipaddress.ip_address(value.strip())
-    except ValueError:
-        raise ValueError(
-            f'expected an IPv4 or IPv6 address such as "203.0.113.7", got "{value}"'
-        ) from None
-
-
-def _parse_network(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        return ipaddress.ip_network(value.strip())
-    except ValueError:
-        pass
-    try:
-        loose = ipaddress.ip_network(value.strip(), strict=False)
-    except ValueError:
-        raise ValueError(
-            f'expected an address or network in CIDR form such as "203.0.113.0/24", got "{value}"'
-        ) from None
-    raise ValueError(f'"{value}" has host bits set: write the network address, "{loose}"')
-
-
-# Parsed before pydantic's own IP union, which would report one error per address family.
-IPAddressField = Annotated[IPAddress, BeforeValidator(_parse_ip)]
-IPNetworkField = Annotated[IPNetwork, BeforeValidator(_parse_network)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def _https_not_yet(value: Any) -> Any:
     raise ValueError("not supported yet (the TLS listener comes later); remove it")
 
 
-class ListenConfig(_Section):
+class ListenConfig(Section):
     http: ListenField = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=3128)
     socks: ListenField = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=1080)
     admin: ListenField = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=9090)
@@ -165,7 +95,7 @@ class ListenConfig(_Section):
         return self
 
 
-class EgressIP(_Section):
+class EgressIP(Section):
     """An address to bind; `public` is the address the internet sees when a cloud 1:1-NATs it."""
 
     bind: IPAddressField
@@ -187,7 +117,7 @@ def _parse_egress_ip(value: Any) -> Any:
     return value
 
 
-class EgressConfig(_Section):
+class EgressConfig(Section):
     ips: list[Annotated[EgressIP, BeforeValidator(_parse_egress_ip)]] = Field(min_length=1)
     strategy: Literal["pinned", "round-robin", "failover"] = "round-robin"
     health_check_s: float = Field(default=10.0, gt=0, strict=True)
@@ -219,23 +149,23 @@ def _dns_server_port(server: Endpoint) -> Endpoint:
     return server
 
 
-class DnsConfig(_Section):
+class DnsConfig(Section):
     servers: list[Annotated[EndpointField, AfterValidator(_dns_server_port)]] = []
     timeout_s: float = Field(default=3.0, gt=0, le=60, strict=True)
     cache_size: int = Field(default=10_000, ge=0, strict=True)
     max_ttl_s: int = Field(default=300, ge=0, strict=True)
 
 
-class GuardConfig(_Section):
+class GuardConfig(Section):
     allow_cidrs: list[IPNetworkField] = []
 
 
-class LogConfig(_Section):
+class LogConfig(Section):
     flow: str | None = "flow.jsonl"
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class TimeoutsConfig(_Section):
+class TimeoutsConfig(Section):
     connect_s: float = Field(default=10.0, gt=0, le=300, strict=True)
     header_s: float = Field(default=10.0, gt=0, le=300, strict=True)
     idle_s: float = Field(default=60.0, gt=0, strict=True)
@@ -244,7 +174,7 @@ class TimeoutsConfig(_Section):
     shutdown_grace_s: float = Field(default=10.0, ge=0, strict=True)
 
 
-class LimitsConfig(_Section):
+class LimitsConfig(Section):
     max_header_bytes: int = Field(default=65536, ge=1024, le=1 << 20, strict=True)
     max_connections: int = Field(default=10_000, ge=1, strict=True)
     max_connections_per_client: int = Field(default=1_000, ge=1, strict=True)
@@ -265,7 +195,7 @@ def client_name_problem(name: str) -> str | None:
     )
 
 
-class ClientConfig(_Section):
+class ClientConfig(Section):
     name: str
     token_hash: list[str]
     source_cidrs: list[IPNetworkField] = [
@@ -313,7 +243,7 @@ class ClientConfig(_Section):
         return v
 
 
-class DemoConfig(_Section):
+class DemoConfig(Section):
     """The offline demo's echo vendor; only the embedded default sets it."""
 
     echo: EndpointField | None = None
@@ -322,7 +252,7 @@ class DemoConfig(_Section):
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
-class DestinationConfig(_Section):
+class DestinationConfig(Section):
     """Per-vendor behaviour; the first entry whose `match` fits the host applies."""
 
     match: str
@@ -403,23 +333,7 @@ class DestinationConfig(_Section):
 _ROUTE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-def _secret_problem(ref: str) -> str | None:
-    """Why a secret reference cannot be read now, or None. Secrets are read by the
-    gateway (again on every reload), never stored in the configuration object."""
-    if ref.startswith("env:"):
-        name = ref[4:]
-        if not name or name not in os.environ:
-            return f"environment variable {name!r} is not set"
-        return None
-    if ref.startswith("file:"):
-        path = Path(ref[5:])
-        if not path.is_file() or not os.access(path, os.R_OK):
-            return f"cannot read secret file {str(path)!r}"
-        return None
-    return 'expected "env:NAME" or "file:PATH" (never the secret itself)'
-
-
-class RouteConfig(_Section):
+class RouteConfig(Section):
     """Route mode: the function speaks plain HTTP to the gateway, which opens HTTPS to
     base_url from the fixed IP and injects the credentials the function never holds."""
 
@@ -463,7 +377,7 @@ class RouteConfig(_Section):
                 'expected { bearer = "env:NAME" }, { basic = "file:PATH" } or '
                 '{ header = "X-Api-Key", value = "env:NAME" }'
             )
-        problem = _secret_problem(ref)
+        problem = secret_problem(ref)
         if problem:
             raise ValueError(problem)
         return v
@@ -476,17 +390,17 @@ class RouteConfig(_Section):
         return v
 
 
-class PolicyConfig(_Section):
+class PolicyConfig(Section):
     mode: Literal["enforce", "observe"] = "enforce"
 
 
-class ServerConfig(_Section):
+class ServerConfig(Section):
     """The process model."""
 
     workers: int = Field(default=1, ge=1, le=64, strict=True)
 
 
-class Config(_Section):
+class Config(Section):
     server: ServerConfig = ServerConfig()
     policy: PolicyConfig = PolicyConfig()
     listen: ListenConfig = ListenConfig()

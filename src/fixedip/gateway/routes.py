@@ -7,12 +7,11 @@ rotated vendor credential needs only a reload and never sits in the Config objec
 from __future__ import annotations
 
 import base64
-import os
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 
 from fixedip.config import RouteConfig
+from fixedip.configtypes import read_secret
 from fixedip.proto import http1
 
 
@@ -41,12 +40,6 @@ class RouteTarget:
         return host if self.port == default else f"{host}:{self.port}"
 
 
-def _read_secret(ref: str) -> str:
-    if ref.startswith("env:"):
-        return os.environ[ref[4:]]
-    return Path(ref[5:]).read_text(encoding="utf-8").strip()
-
-
 def route_target(route: RouteConfig) -> RouteTarget:
     scheme, _, rest = route.base_url.partition("://")
     authority, _, prefix = rest.partition("/")
@@ -55,12 +48,12 @@ def route_target(route: RouteConfig) -> RouteTarget:
     inject = None
     if route.auth is not None:
         if "bearer" in route.auth:
-            inject = (b"Authorization", b"Bearer " + _read_secret(route.auth["bearer"]).encode())
+            inject = (b"Authorization", b"Bearer " + read_secret(route.auth["bearer"]).encode())
         elif "basic" in route.auth:
-            raw = _read_secret(route.auth["basic"]).encode()
+            raw = read_secret(route.auth["basic"]).encode()
             inject = (b"Authorization", b"Basic " + base64.b64encode(raw))
         else:
-            value = _read_secret(route.auth["value"]).encode()
+            value = read_secret(route.auth["value"]).encode()
             inject = (route.auth["header"].encode("ascii"), value)
     context = None
     if tls:
