@@ -38,6 +38,7 @@ from fixedip.configtypes import (
     read_secret,
     secret_problem,
 )
+from fixedip.fleet.settings import FleetConfig
 from fixedip.identity.limits import parse_rate
 from fixedip.policy import rules as rules_mod
 from fixedip.policy import tokens
@@ -61,7 +62,6 @@ EMBEDDED_DEFAULT = "<embedded default>"
 # uses them is refused by name rather than silently ignored.
 NOT_SUPPORTED_YET = {
     "tls": "the TLS listener",
-    "fleet": "the fleet",
     "ingress": "the webhook relay",
 }
 
@@ -414,6 +414,7 @@ class Config(Section):
     destinations: list[DestinationConfig] = []
     routes: list[RouteConfig] = []
     demo: DemoConfig = DemoConfig()
+    fleet: FleetConfig | None = None
     source: str = EMBEDDED_DEFAULT
 
     @model_validator(mode="before")

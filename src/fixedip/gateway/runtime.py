@@ -30,6 +30,7 @@ from fixedip.identity.limits import (
     Limiter,
     LimitExceeded,
     Limits,
+    LimitStore,
     Permit,
     parse_rate,
 )
@@ -93,7 +94,10 @@ class Runtime:
         config: Config,
         previous: Runtime | None = None,
         listeners: list[tuple[IPAddress, int]] | None = None,
+        limit_store: LimitStore | None = None,
     ) -> None:
+        """`limit_store` (the fleet's, or one divided between workers) is used by the
+        first Runtime; later ones keep their previous one's."""
         self.config = config
         self.auth: Authenticator[ClientConfig] = Authenticator(config.clients)
         self.rules: dict[str, RuleSet] = {
@@ -151,6 +155,7 @@ class Runtime:
                 )
                 for d in limited
             ],
+            store=limit_store if previous is None else None,
             previous=previous.limits if previous else None,
         )
         self._limiters = {limiter.match: limiter for limiter in self.limits.limiters}

@@ -18,6 +18,7 @@ import socket
 from typing import Any
 
 from fixedip.config import ClientConfig, Config, ConfigError, load
+from fixedip.fleet.node import FleetNode, member_id
 from fixedip.gateway.demo import start_echo
 from fixedip.gateway.dns import Resolver
 from fixedip.gateway.http_proxy import HttpProxySession
@@ -27,6 +28,7 @@ from fixedip.gateway.socks import SocksSession
 from fixedip.gateway.upstream import UpstreamPool
 from fixedip.identity.canary import CanarySpec, probe
 from fixedip.identity.health import Backoff, CanaryRequest, Health
+from fixedip.identity.limits import LimitStore, LocalLimitStore
 from fixedip.identity.pool import EgressState, probe_bind
 from fixedip.observe.admin import AdminServer, start_admin
 from fixedip.observe.flowlog import FlowLog, FlowRecord
@@ -59,13 +61,16 @@ class Gateway:
         self.worker = worker
         self.workers = workers
         self.config_path = config_path
-        self.runtime = Runtime(config)
+        self.fleet = self._fleet(config)
+        self.runtime = Runtime(config, limit_store=self._limit_store(config))
         self.health = self._health(config)
         self.resolver = self._resolver(config)
         self.upstreams = UpstreamPool(
             config.timeouts.upstream_idle_s, config.limits.pool_per_destination
         )
         self.metrics = Metrics()
+        if self.fleet is not None:
+            self.fleet.register_metrics(self.metrics.registry)
         self.flowlog = FlowLog(config.log.flow)
         self.sessions: set[ClientSession] = set()
         self.client_connections: dict[str, int] = {}
@@ -83,12 +88,41 @@ class Gateway:
         """Quarantines outlive reloads (and, with egress.state_file, restarts)."""
         rule_for = lambda host: self.runtime.block_rule(host)  # noqa: E731  (the current config's)
         backoff = Backoff(base_s=config.egress.quarantine_s, cap_s=config.egress.quarantine_max_s)
+        store = self.fleet.health if self.fleet is not None else None
         if self.state_path:
-            health = Health.load(self.state_path, rule_for, backoff)
+            health = Health.load(self.state_path, rule_for, backoff, store=store)
         else:
-            health = Health(rule_for, backoff)
+            health = Health(rule_for, backoff, store=store)
         health.on_canary = self._canary_now
         return health
+
+    def _fleet(self, config: Config) -> FleetNode | None:
+        if config.fleet is None:
+            return None
+        member = member_id(config.fleet, self.worker, self.workers)
+        return FleetNode(config.fleet, member, self._member_record)
+
+    def _limit_store(self, config: Config) -> LimitStore | None:
+        """The fleet's store; without one, workers divide each limit between them
+        (DESIGN: limits are shared between workers, never multiplied by N)."""
+        if self.fleet is not None:
+            return self.fleet.limits
+        return LocalLimitStore(parts=self.workers) if self.workers > 1 else None
+
+    def _member_record(self) -> dict[str, Any]:
+        """What this member announces to the fleet every heartbeat."""
+        addresses = self.addresses()
+        return {
+            "egress": [
+                {"bind": s.bind_text, "public": s.public_text, "up": s.up}
+                for s in self.runtime.pool.states
+            ],
+            "state": "draining" if self.draining else "serving",
+            "draining": self.draining,
+            "admin": "{}:{}".format(*addresses["admin"]) if "admin" in addresses else None,
+            "pid": os.getpid(),
+            "floating_eips": self.fleet.eips.snapshot() if self.fleet and self.fleet.eips else [],
+        }
 
     # canaries -------------------------------------------------------------------------
     def _canary_now(self, request: CanaryRequest) -> None:
@@ -106,13 +140,24 @@ class Gateway:
 
     async def _run_canary(self, spec: CanarySpec, state: EgressState, host: str) -> None:
         rt = self.runtime
-        result = await probe(
-            spec,
-            state.bind,
-            resolver=self.resolver,
-            guard_vet=rt.guard.vet,
-            families=rt.pool.families,
-        )
+
+        async def run() -> Any:
+            return await probe(
+                spec,
+                state.bind,
+                resolver=self.resolver,
+                guard_vet=rt.guard.vet,
+                families=rt.pool.families,
+            )
+
+        if self.fleet is not None:  # once for the fleet; the others take its result
+            result = await self.fleet.canaries.run_once(
+                state.bind_text, host, spec.rule.timeout_s, run
+            )
+            if result is None:
+                return
+        else:
+            result = await run()
         log.info("canary %s %s from %s: %s", spec.method, spec.url, state.bind_text, result)
         self.health.canary_result(state.bind_text, host, result)
 
@@ -199,6 +244,12 @@ class Gateway:
         self.runtime = Runtime(config, previous=self.runtime, listeners=self.listener_endpoints())
         for state in self.runtime.pool.states:
             self.metrics.set_egress(str(state.bind), str(state.public), state.up)
+        if self.fleet is not None:
+            try:
+                await self.fleet.start()
+            except Exception as exc:  # AWS: credentials, unknown EIPs, no metadata service
+                await self.close()
+                raise StartupError(f"[fleet.aws]: {exc}") from None
         self._tasks.append(self.loop.create_task(self._health_loop()))
         self._tasks.append(self.loop.create_task(self._canary_loop()))
 
@@ -272,6 +323,8 @@ class Gateway:
         await self.close()
 
     async def close(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.stop()  # hands floating EIPs to a peer first
         current = asyncio.current_task()
         for task in [*self._tasks, *self._canary_tasks]:
             if task is not current:
@@ -430,7 +483,7 @@ class Gateway:
             return False, "shutting down"
         if not any(s.up for s in self.runtime.pool.states):
             return False, "no egress IP is usable"
-        return True, ""
+        return True, self.fleet.ready_detail() if self.fleet is not None else ""
 
     def egress_snapshot(self) -> list[dict[str, Any]]:
         """The pool, each IP with the destinations it is quarantined for."""
@@ -445,7 +498,12 @@ class Gateway:
             ip["quarantined_for"] = quarantines.get(ip["bind"], [])
         return snapshot
 
+    def fleet_snapshot(self) -> dict[str, Any] | None:
+        return self.fleet.snapshot() if self.fleet is not None else None
+
     def metrics_text(self) -> tuple[bytes, str]:
+        if self.fleet is not None:
+            self.fleet.update_metrics()
         self.metrics.set_quarantines(
             {
                 (str(q["egress"]), str(q["host"]))
@@ -469,6 +527,9 @@ class _AdminAdapter:
 
     def metrics(self) -> tuple[bytes, str]:
         return self.gateway.metrics_text()
+
+    def fleet_snapshot(self) -> dict[str, Any] | None:
+        return self.gateway.fleet_snapshot()
 
 
 async def run(

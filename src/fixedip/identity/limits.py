@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from fixedip.policy.rules import Rule, normalise_host, parse_rule
 
@@ -162,27 +162,54 @@ class LimitStore(Protocol):
         ...
 
 
+class RemoteLimitStore(LimitStore, Protocol):
+    """A store reached over the network (a fleet's Redis): a permit costs one awaited
+    round trip, so `Limiter.try_acquire` defers to `acquire` while `remote` is True.
+    When the store cannot be asked, `attempt` returns None and the Limiter uses the
+    synchronous methods, which then serve from local state."""
+
+    @property
+    def remote(self) -> bool:
+        """True while attempts go to the shared store (False: degraded, serve locally)."""
+        ...
+
+    async def attempt(
+        self, key: str, rate_per_s: float, burst: float, concurrency: int | None
+    ) -> tuple[float, Blocked | None] | None:
+        """Pause check, slot claim and token take in one atomic step: (0.0, None) when
+        a permit was granted, (seconds to wait, why) when not, None if not asked."""
+        ...
+
+
 class LocalLimitStore:
     """The in-process store: exact, cheap, and per process (one gateway worker).
 
+    With `parts` > 1 every limit is divided by it (rate, burst and concurrency, each at
+    least 1): N processes that cannot share state then never let more through together
+    than one would (workers without a fleet store, a fleet member cut off from Redis).
     A bucket whose rate or burst changed (a reload) starts again, full.
     """
 
     shared = False
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, parts: int = 1) -> None:
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
         self._slots: dict[str, int] = {}
         self._paused: dict[str, float] = {}
+        self.parts = parts
 
     def take_token(self, key: str, rate_per_s: float, burst: float) -> float:
+        if self.parts > 1:
+            rate_per_s, burst = rate_per_s / self.parts, max(1.0, burst / self.parts)
         bucket = self._buckets.get(key)
         if bucket is None or bucket.rate_per_s != rate_per_s or bucket.burst != burst:
             bucket = self._buckets[key] = TokenBucket(rate_per_s, burst, self._clock)
         return bucket.try_take()
 
     def claim_slot(self, key: str, limit: int) -> bool:
+        if self.parts > 1:
+            limit = max(1, math.ceil(limit / self.parts))
         count = self._slots.get(key, 0)
         if count >= limit:
             return False
@@ -317,6 +344,9 @@ class Limiter:
     def __init__(self, policy: DestinationLimits, store: LimitStore | None = None) -> None:
         self.match = policy.match
         self._store: LimitStore = store if store is not None else LocalLimitStore()
+        self._remote: RemoteLimitStore | None = (
+            cast(RemoteLimitStore, store) if hasattr(store, "attempt") else None
+        )
         self._queues: dict[str, deque[_Waiter]] = {}
         self._blocked: dict[str, Blocked] = {}
         self._hold_s: float | None = None
@@ -345,7 +375,7 @@ class Limiter:
         Never jumps the queue: while anyone waits for `key`, this returns None.
         """
         skey = self.store_key(key)
-        if skey in self._queues:
+        if skey in self._queues or (self._remote is not None and self._remote.remote):
             return None
         outcome = self._attempt(skey)
         return outcome if isinstance(outcome, Permit) else None
@@ -361,11 +391,16 @@ class Limiter:
         delay = math.inf
         queue = self._queues.get(skey)
         if queue is None:  # empty queues are dropped, so nobody waits
-            outcome = self._attempt(skey)
+            if self._remote is not None and self._remote.remote:
+                outcome = await self._attempt_remote(skey)
+                queue = self._queues.get(skey)  # others may have queued meanwhile
+            else:
+                outcome = self._attempt(skey)
             if isinstance(outcome, Permit):
                 return outcome
             delay = outcome
-            queue = deque()
+            if queue is None:
+                queue = deque()
         if len(queue) >= self.policy.max_waiters:
             raise self._exceeded(skey, len(queue), f"{len(queue)} already waiting, queue full")
         if self.policy.queue_timeout_s <= 0:
@@ -386,7 +421,10 @@ class Limiter:
                 await self._sleep(loop, waiter, min(delay, left))
                 delay = math.inf
                 if queue[0] is waiter:
-                    outcome = self._attempt(skey)
+                    if self._remote is not None and self._remote.remote:
+                        outcome = await self._attempt_remote(skey)
+                    else:
+                        outcome = self._attempt(skey)
                     if isinstance(outcome, Permit):
                         return outcome
                     delay = outcome
@@ -430,6 +468,19 @@ class Limiter:
                 self._blocked[skey] = "rate_limited"
                 return wait
         return Permit(self, skey, slot=concurrency is not None)
+
+    async def _attempt_remote(self, skey: str) -> Permit | float:
+        """`_attempt` through a remote store; falls back to it when the store is not asked."""
+        assert self._remote is not None
+        concurrency = self.policy.concurrency
+        result = await self._remote.attempt(skey, self._rate_per_s, self._burst, concurrency)
+        if result is None:
+            return self._attempt(skey)
+        wait, blocked = result
+        if wait <= 0:
+            return Permit(self, skey, slot=concurrency is not None)
+        self._blocked[skey] = blocked or "rate_limited"
+        return wait
 
     def _release(self, skey: str, held_s: float) -> None:
         self._store.release_slot(skey)

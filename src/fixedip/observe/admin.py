@@ -3,9 +3,11 @@
 Routes (GET, and HEAD as RFC 9110 requires wherever GET is served):
 
 - `/healthz`: 200 "ok" while the process serves at all (liveness);
-- `/readyz`: 200 "ready", or 503 with the reason the gateway is not ready;
+- `/readyz`: 200 "ready" (with a detail after a colon, e.g. a degraded fleet), or 503
+  with the reason the gateway is not ready;
 - `/metrics`: the Prometheus exposition;
-- `/egress`: `{"egress": [...]}`, the pool as the gateway sees it.
+- `/egress`: `{"egress": [...]}`, the pool as the gateway sees it, and `"fleet"` (this
+  member, the members it sees, the floating EIPs it holds) in a fleet.
 
 Unknown paths get a JSON 404, other methods on known paths a JSON 405 with `Allow`.
 The gateway owns signals and logging, so the server installs no signal handlers and
@@ -46,8 +48,8 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     ready, why = request.app[_VIEW_KEY].ready()
-    if ready:
-        return web.Response(text="ready\n")
+    if ready:  # a reason while ready is a detail worth seeing (a degraded fleet)
+        return web.Response(text=f"ready: {why}\n" if why else "ready\n")
     return web.Response(status=503, text=f"not ready: {why}\n")
 
 
@@ -57,7 +59,12 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _egress(request: web.Request) -> web.Response:
-    return web.json_response({"egress": request.app[_VIEW_KEY].egress_snapshot()})
+    view = request.app[_VIEW_KEY]
+    body: dict[str, Any] = {"egress": view.egress_snapshot()}
+    fleet = getattr(view, "fleet_snapshot", None)  # only gateways in a fleet have one
+    if fleet is not None and (snapshot := fleet()) is not None:
+        body["fleet"] = snapshot
+    return web.json_response(body)
 
 
 @web.middleware

@@ -1,0 +1,1 @@
+"""Fleet: several gateways sharing quarantine, limits, canaries and floating IPs through Redis."""

@@ -1,0 +1,157 @@
+"""One gateway process as a member of the fleet: the link to Redis, the shared stores,
+membership, floating EIPs, the heartbeat that re-joins after an outage, and the metrics.
+
+The gateway builds a `FleetNode` when `[fleet]` is set, hands its stores to the limits
+and the health state, starts it after the listeners and stops it before exiting (which
+hands held EIPs to a peer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from fixedip.fleet.eips import FloatingEIPs
+from fixedip.fleet.link import Link
+from fixedip.fleet.membership import Membership
+from fixedip.fleet.resp import ReplyError, StoreUnavailable
+from fixedip.fleet.settings import FleetConfig
+from fixedip.fleet.store import CanaryLock, FleetHealthStore, FleetLimitStore
+
+log = logging.getLogger("fixedip.fleet")
+
+
+def member_id(settings: FleetConfig, worker: int, workers: int) -> str:
+    """Each worker process is a member of its own (`gw-a.w1`), since each holds leases."""
+    return settings.member if workers <= 1 else f"{settings.member}.w{worker}"
+
+
+class FleetNode:
+    def __init__(
+        self, settings: FleetConfig, member: str, describe: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.settings = settings
+        self.link = Link(settings, member)
+        self.limits = FleetLimitStore(self.link)
+        self.health = FleetHealthStore(self.link)
+        self.canaries = CanaryLock(self.link)
+        self.membership = Membership(self.link, describe)
+        aws = settings.aws
+        self.eips = (
+            FloatingEIPs(self.link, aws, self.membership)
+            if aws is not None and aws.floating_eips
+            else None
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+        self._gauges: dict[str, Any] = {}
+        self.link.on_rejoin.append(self._heartbeat)
+
+    # lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Join (or start degraded), learn the floating EIPs; AWS errors propagate."""
+        if await self.link.try_join():
+            await self._heartbeat()
+        if self.eips is not None:
+            await self.eips.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._loop()))
+        if self.eips is not None:
+            self._tasks.append(loop.create_task(self.eips.run()))
+
+    async def stop(self) -> None:
+        """Hand floating EIPs to a peer, leave the member list, close the connection."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if not self.link.degraded:
+            with contextlib.suppress(StoreUnavailable, ReplyError):
+                if self.eips is not None:
+                    await self.eips.handoff()
+                await self.membership.leave()
+        self.link.redis.close()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            if self.link.degraded:
+                await self.link.try_join()  # runs the heartbeat as part of re-joining
+                continue
+            with contextlib.suppress(StoreUnavailable, ReplyError):
+                await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        await self.membership.beat()
+        self.limits.renew()
+        await self.health.pull()
+
+    # views ------------------------------------------------------------------------
+    @property
+    def degraded(self) -> bool:
+        return self.link.degraded
+
+    def ready_detail(self) -> str:
+        if not self.link.degraded:
+            return ""
+        return (
+            f"fleet degraded: Redis at {self.link.where} cannot be used "
+            f"({self.link.degraded_reason}); serving from local state, limits divided by "
+            f"{self.link.members}"
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """For /egress and `fixedip status`: this member's view of the fleet."""
+        return {
+            **self.link.status(),
+            "members_seen": self.membership.members,
+            "floating_eips": self.eips.snapshot() if self.eips is not None else [],
+            "slots_held": self.limits.held(),
+        }
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        self._gauges = {
+            "degraded": Gauge(
+                "fixedip_fleet_degraded",
+                "1 while Redis cannot be used and this member serves from local state.",
+                registry=registry,
+            ),
+            "members": Gauge(
+                "fixedip_fleet_members",
+                "Live members of the fleet, as last seen.",
+                registry=registry,
+            ),
+            "member_up": Gauge(
+                "fixedip_fleet_member_up",
+                "1 per member whose heartbeat is current, 0 for one that stopped.",
+                ["member"],
+                registry=registry,
+            ),
+            "eips": Gauge(
+                "fixedip_fleet_floating_eips_held",
+                "Floating Elastic IPs this member holds the lease for.",
+                registry=registry,
+            ),
+        }
+        self.update_metrics()
+
+    def update_metrics(self) -> None:
+        if not self._gauges:
+            return
+        self._gauges["degraded"].set(1 if self.link.degraded else 0)
+        self._gauges["members"].set(self.link.members)
+        member_up = self._gauges["member_up"]
+        member_up.clear()
+        for record in self.membership.members:
+            member_up.labels(record["member"]).set(1 if record.get("alive") else 0)
+        self._gauges["eips"].set(len(self.eips.held) if self.eips is not None else 0)
