@@ -306,10 +306,10 @@ BAD_FILES = [
         "expected 'standard', 'strict' or 'allowlist'",
     ),
     (
-        "fleet-section",
+        "fleet-without-member",
         EGRESS + '[fleet]\nredis = "redis://127.0.0.1:6379/0"\n',
-        "fleet",
-        "the [fleet] section (the fleet) is not supported yet",
+        "fleet.member",
+        "required key is missing",
     ),
     (
         "listen-https",
