@@ -17,6 +17,7 @@ from tests.helpers import (
     gateway_config,
 )
 from tests.serve import serve  # noqa: F401  (the `serve` fixture: fixedip serve in a subprocess)
+from tests.tlskit import https_vendor, pki  # noqa: F401  (TLS: the gateway's CA and pair)
 
 
 @pytest.fixture

@@ -264,10 +264,10 @@ BAD_FILES = [
         "expected a table, got 1",
     ),
     (
-        "tls-section",
+        "tls-without-key",
         EGRESS + '[tls]\ncert = "/etc/fixedip/tls/fullchain.pem"\n',
-        "tls",
-        "the [tls] section (the TLS listener) is not supported yet; remove it",
+        "tls.key",
+        "required key is missing",
     ),
     (
         "ingress-section",
@@ -312,10 +312,24 @@ BAD_FILES = [
         "required key is missing",
     ),
     (
-        "listen-https",
+        "listen-https-without-tls",
         EGRESS + '[listen]\nhttps = "0.0.0.0:3129"\n',
         "listen.https",
-        "not supported yet (the TLS listener comes later); remove it",
+        "the TLS listener needs a [tls] section with cert and key",
+    ),
+    (
+        "https-and-http-on-one-port",
+        EGRESS + '[listen]\nhttp = "127.0.0.1:3128"\nhttps = "127.0.0.1:3128"\n'
+        '[tls]\ncert = "c.pem"\nkey = "k.pem"\n',
+        "listen",
+        "http and https both use 127.0.0.1:3128: give each listener its own port",
+    ),
+    (
+        "https-port-zero-with-workers",
+        EGRESS + '[server]\nworkers = 2\n[listen]\nhttp = "127.0.0.1:3128"\n'
+        'socks = ""\nadmin = ""\nhttps = "127.0.0.1:0"\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n',
+        "listen.https",
+        "port 0 cannot be shared by 2 workers",
     ),
     (
         "dns-server-port-zero",
@@ -553,7 +567,12 @@ def test_redacted_is_plain_data_without_the_source_or_an_unused_demo() -> None:
     data = redacted(parse(EGRESS + '[listen]\nadmin = ""\n', SOURCE))
     assert "source" not in data
     assert "demo" not in data
-    assert data["listen"] == {"http": "127.0.0.1:3128", "socks": "127.0.0.1:1080", "admin": ""}
+    assert data["listen"] == {
+        "http": "127.0.0.1:3128",
+        "socks": "127.0.0.1:1080",
+        "admin": "",
+        "https": "",
+    }
     assert data["egress"]["ips"] == [{"bind": "127.0.0.10"}]
     json.dumps(data)
 

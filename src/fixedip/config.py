@@ -39,6 +39,7 @@ from fixedip.configtypes import (
     secret_problem,
 )
 from fixedip.fleet.settings import FleetConfig
+from fixedip.gateway.tls import TlsConfig
 from fixedip.identity.limits import parse_rate
 from fixedip.policy import rules as rules_mod
 from fixedip.policy import tokens
@@ -61,28 +62,22 @@ EMBEDDED_DEFAULT = "<embedded default>"
 # Sections of the public contract that later work implements; until then a file that
 # uses them is refused by name rather than silently ignored.
 NOT_SUPPORTED_YET = {
-    "tls": "the TLS listener",
     "ingress": "the webhook relay",
 }
-
-
-def _https_not_yet(value: Any) -> Any:
-    raise ValueError("not supported yet (the TLS listener comes later); remove it")
 
 
 class ListenConfig(Section):
     http: ListenField = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=3128)
     socks: ListenField = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=1080)
     admin: ListenField = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=9090)
-    # Part of the public contract, refused by name until the TLS listener exists.
-    https: Annotated[None, BeforeValidator(_https_not_yet)] = Field(default=None, exclude=True)
+    https: ListenField = None  # the same proxy over TLS; needs [tls]
 
     @model_validator(mode="after")
     def _listeners(self) -> ListenConfig:
-        if self.http is None and self.socks is None:
-            raise ValueError("set at least one of http or socks")
+        if self.http is None and self.socks is None and self.https is None:
+            raise ValueError("set at least one of http or socks (or https)")
         used: dict[Endpoint, str] = {}
-        for name in ("http", "socks", "admin"):
+        for name in ("http", "https", "socks", "admin"):
             endpoint = getattr(self, name)
             if endpoint is None or endpoint.port == 0:
                 continue
@@ -172,6 +167,7 @@ class TimeoutsConfig(Section):
     upstream_idle_s: float = Field(default=30.0, gt=0, strict=True)
     tunnel_idle_s: float = Field(default=3600.0, gt=0, strict=True)
     shutdown_grace_s: float = Field(default=10.0, ge=0, strict=True)
+    tls_handshake_s: float = Field(default=10.0, gt=0, le=300, strict=True)
 
 
 class LimitsConfig(Section):
@@ -180,6 +176,7 @@ class LimitsConfig(Section):
     max_connections_per_client: int = Field(default=1_000, ge=1, strict=True)
     max_body_bytes: int = Field(default=0, ge=0, strict=True)
     pool_per_destination: int = Field(default=32, ge=0, strict=True)
+    max_tls_handshakes: int = Field(default=512, ge=1, strict=True)
 
 
 _CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -414,6 +411,7 @@ class Config(Section):
     destinations: list[DestinationConfig] = []
     routes: list[RouteConfig] = []
     demo: DemoConfig = DemoConfig()
+    tls: TlsConfig | None = None
     fleet: FleetConfig | None = None
     source: str = EMBEDDED_DEFAULT
 
@@ -431,8 +429,13 @@ class Config(Section):
     # Messages of the model validators start with their key path (see _format_errors).
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        if self.listen.https is not None and self.tls is None:
+            raise ValueError(
+                "listen.https: the TLS listener needs a [tls] section with cert and key "
+                '(tls.cert = "fullchain.pem", tls.key = "privkey.pem")'
+            )
         if self.server.workers > 1:
-            for name in ("http", "socks", "admin"):
+            for name in ("http", "https", "socks", "admin"):
                 endpoint = getattr(self.listen, name)
                 if endpoint is not None and endpoint.port == 0:
                     raise ValueError(

@@ -25,6 +25,7 @@ from fixedip.gateway.http_proxy import HttpProxySession
 from fixedip.gateway.runtime import IPAddress, Runtime
 from fixedip.gateway.session import ClientSession
 from fixedip.gateway.socks import SocksSession
+from fixedip.gateway.tls import TlsFileError, TlsListener, TlsServer
 from fixedip.gateway.upstream import UpstreamPool
 from fixedip.identity.canary import CanarySpec, probe
 from fixedip.identity.health import Backoff, CanaryRequest, Health
@@ -75,9 +76,10 @@ class Gateway:
         self.sessions: set[ClientSession] = set()
         self.client_connections: dict[str, int] = {}
         self.draining = False
-        self.servers: dict[str, asyncio.Server] = {}
+        self.servers: dict[str, asyncio.Server | TlsServer] = {}
         self.admin: AdminServer | None = None
         self.echo: asyncio.Server | None = None
+        self.tls: TlsListener | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self._canary_tasks: set[asyncio.Task[None]] = set()
@@ -217,6 +219,11 @@ class Gateway:
             self.flowlog.start()
         except OSError as exc:
             raise StartupError(f"log.flow: cannot open {config.log.flow!r}: {exc}") from None
+        if config.listen.https is not None and config.tls is not None:
+            try:
+                self.tls = TlsListener(self, config.tls)
+            except TlsFileError as exc:
+                raise StartupError(f"{exc} (set in {config.source})") from None
         try:
             if config.demo.echo is not None and self.worker == 0:
                 self.echo = await start_echo(str(config.demo.echo.host), config.demo.echo.port)
@@ -233,6 +240,13 @@ class Gateway:
                     config.listen.socks.host,
                     config.listen.socks.port,
                     lambda: SocksSession(self),
+                )
+            if self.tls is not None and config.listen.https is not None:
+                self.servers["https"] = self.tls.listen(
+                    str(config.listen.https.host),
+                    config.listen.https.port,
+                    lambda: HttpProxySession(self),  # the same session, behind TLS
+                    reuse_port=self.workers > 1,
                 )
             if config.listen.admin is not None and self.worker == 0:
                 self.admin = await start_admin(
@@ -252,6 +266,8 @@ class Gateway:
                 raise StartupError(f"[fleet.aws]: {exc}") from None
         self._tasks.append(self.loop.create_task(self._health_loop()))
         self._tasks.append(self.loop.create_task(self._canary_loop()))
+        if self.tls is not None:
+            self._tasks.append(self.loop.create_task(self.tls.watch()))
 
     async def _listen(self, what: str, host: Any, port: int, factory: Any) -> asyncio.Server:
         try:
@@ -331,6 +347,8 @@ class Gateway:
                 task.cancel()
         for server in self.servers.values():
             server.close()
+        if self.tls is not None:
+            self.tls.close()
         if self.echo is not None:
             self.echo.close()
         if self.admin is not None:
@@ -383,6 +401,8 @@ class Gateway:
         if config.dns != old.dns:
             self.resolver = self._resolver(config)
         self.upstreams.idle_s = config.timeouts.upstream_idle_s
+        if self.tls is not None and config.tls is not None:
+            self.tls.reload(config.tls)  # new handshakes only; a bad pair keeps the old one
         self.upstreams.per_key = config.limits.pool_per_destination
         logging.getLogger("fixedip").setLevel(config.log.level.upper())
         if flowlog is not None:

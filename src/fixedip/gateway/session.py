@@ -203,7 +203,9 @@ class ClientSession(asyncio.Protocol):
             return False
         if up.transport.can_write_eof():
             up.transport.write_eof()  # half-close: the other direction keeps flowing
-        return True
+        # A TLS client's close_notify ends its whole connection (asyncio's TLS transport
+        # cannot half-close), so only a plain one is kept open.
+        return self.transport is not None and self.transport.can_write_eof()
 
     def upstream_data(self, data: bytes) -> None:
         """Tunnel direction upstream → client (HTTP sessions override for responses)."""
