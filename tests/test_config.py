@@ -270,10 +270,10 @@ BAD_FILES = [
         "required key is missing",
     ),
     (
-        "ingress-section",
-        EGRESS + '[ingress]\nlisten = "0.0.0.0:8443"\n',
-        "ingress",
-        "the [ingress] section (the webhook relay) is not supported yet",
+        "ingress-without-routes",
+        EGRESS + '[ingress]\nlisten = "0.0.0.0:8443"\nspool = "spool.db"\n',
+        "ingress.routes",
+        "required key is missing",
     ),
     (
         "routes-bad-base-url",

@@ -41,6 +41,7 @@ from fixedip.configtypes import (
 from fixedip.fleet.settings import FleetConfig
 from fixedip.gateway.tls import TlsConfig
 from fixedip.identity.limits import parse_rate
+from fixedip.ingress.settings import IngressConfig
 from fixedip.policy import rules as rules_mod
 from fixedip.policy import tokens
 
@@ -61,9 +62,7 @@ EMBEDDED_DEFAULT = "<embedded default>"
 
 # Sections of the public contract that later work implements; until then a file that
 # uses them is refused by name rather than silently ignored.
-NOT_SUPPORTED_YET = {
-    "ingress": "the webhook relay",
-}
+NOT_SUPPORTED_YET: dict[str, str] = {}
 
 
 class ListenConfig(Section):
@@ -74,8 +73,6 @@ class ListenConfig(Section):
 
     @model_validator(mode="after")
     def _listeners(self) -> ListenConfig:
-        if self.http is None and self.socks is None and self.https is None:
-            raise ValueError("set at least one of http or socks (or https)")
         used: dict[Endpoint, str] = {}
         for name in ("http", "https", "socks", "admin"):
             endpoint = getattr(self, name)
@@ -401,7 +398,8 @@ class Config(Section):
     server: ServerConfig = ServerConfig()
     policy: PolicyConfig = PolicyConfig()
     listen: ListenConfig = ListenConfig()
-    egress: EgressConfig
+    # Read through `egress`; absent only in a file that runs the webhook relay alone.
+    egress_section: EgressConfig | None = Field(default=None, alias="egress")
     dns: DnsConfig = DnsConfig()
     guard: GuardConfig = GuardConfig()
     log: LogConfig = LogConfig()
@@ -412,8 +410,21 @@ class Config(Section):
     routes: list[RouteConfig] = []
     demo: DemoConfig = DemoConfig()
     tls: TlsConfig | None = None
+    ingress: IngressConfig | None = None
     fleet: FleetConfig | None = None
     source: str = EMBEDDED_DEFAULT
+
+    @property
+    def runs_proxy(self) -> bool:
+        """False for a file that runs only the webhook relay (no [egress])."""
+        return self.egress_section is not None
+
+    @property
+    def egress(self) -> EgressConfig:
+        """The [egress] section; only the proxy reads it, and runs only when it exists."""
+        if self.egress_section is None:
+            raise RuntimeError(f"{self.source} has no [egress]: it runs only the webhook relay")
+        return self.egress_section
 
     @model_validator(mode="before")
     @classmethod
@@ -429,6 +440,7 @@ class Config(Section):
     # Messages of the model validators start with their key path (see _format_errors).
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        self._proxy_or_relay()
         if self.listen.https is not None and self.tls is None:
             raise ValueError(
                 "listen.https: the TLS listener needs a [tls] section with cert and key "
@@ -453,6 +465,8 @@ class Config(Section):
                 f"clients[{i}].name: {name!r} is already the name of "
                 f"clients[{first}]; client names must be unique"
             )
+        if self.egress_section is None:
+            return self
         pool = {ip.bind for ip in self.egress.ips} | {ip.seen_as for ip in self.egress.ips}
         for i, client in enumerate(self.clients):
             if client.egress is not None and client.egress not in pool:
@@ -461,6 +475,28 @@ class Config(Section):
                     f"({', '.join(str(ip.bind) for ip in self.egress.ips)})"
                 )
         return self
+
+    def _proxy_or_relay(self) -> None:
+        """A file runs the proxy ([egress]), the webhook relay ([ingress]) or both."""
+        if self.egress_section is None:
+            if self.ingress is None:
+                raise ValueError(
+                    "egress: required key is missing (a file without [egress] must have "
+                    "[ingress] and runs only the webhook relay)"
+                )
+            for name in ("http", "https", "socks"):
+                if name in self.listen.model_fields_set and getattr(self.listen, name):
+                    raise ValueError(
+                        f"listen.{name}: the proxy needs [egress]; add it, or remove "
+                        f"listen.{name} to run only the webhook relay"
+                    )
+        elif (
+            self.listen.http is None
+            and self.listen.socks is None
+            and self.listen.https is None
+            and self.ingress is None
+        ):
+            raise ValueError("listen: set at least one of http or socks (or https)")
 
     def client(self, name: str) -> ClientConfig | None:
         for c in self.clients:
@@ -593,7 +629,7 @@ def embedded_text(name: str) -> str:
 
 def redacted(config: Config) -> dict[str, Any]:
     """The effective configuration as plain data, with secrets replaced."""
-    data = config.model_dump(mode="json", exclude={"source"})
+    data = config.model_dump(mode="json", exclude={"source"}, by_alias=True)
     for name, endpoint in data["listen"].items():
         if endpoint is None:
             data["listen"][name] = ""

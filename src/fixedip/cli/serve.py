@@ -71,6 +71,10 @@ def serve(
             lines.append(f"  curl -x http://demo:demo@{ph}:{pp} http://{eh}:{ep}/")
         print("\n".join(lines), file=sys.stderr, flush=True)
 
+    if cfg.ingress is not None:
+        from fixedip.ingress.service import serve_command
+
+        raise typer.Exit(serve_command(cfg, str(config) if config else None, runner, announce))
     if cfg.server.workers > 1:
         raise typer.Exit(_serve_workers(cfg, str(config) if config else None, announce))
     try:

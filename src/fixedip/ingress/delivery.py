@@ -1,0 +1,302 @@
+"""Delivery: spooled webhooks to their target, at least once.
+
+A dispatcher claims due records per route (never more in flight than the route's
+`concurrency`) and sends each as it arrived: same method, headers (minus hop-by-hop
+ones), raw body and query, plus the delivery id header (the same id on every attempt,
+so the target can de-duplicate), `Fixedip-Attempt`, the configured extra headers and,
+when configured, an AWS SigV4 signature. Vendor headers are never rewritten.
+
+Outcomes: 2xx delivered; network errors, timeouts, 3xx, 408, 429 and 5xx are retried
+after `min(retry_max_s, retry_base_s * 2**(attempt-1))` scaled by a uniform random
+factor (full jitter), or after the target's Retry-After when it sends one, until
+`max_attempts`; any other 4xx is dead at once. Ordering is not promised: retries and
+concurrency let later webhooks overtake earlier ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDict
+
+from fixedip.ingress.observe import DEAD, DELIVERED, RETRY, IngressMetrics, WebhookRecord
+from fixedip.ingress.settings import HOP_BY_HOP, IngressRouteConfig
+from fixedip.ingress.spool import Spool, SpoolRecord, SpoolUnavailable
+
+if TYPE_CHECKING:
+    from fixedip.observe.flowlog import FlowLog
+
+log = logging.getLogger("fixedip.ingress")
+
+POLL_S = 0.5
+ATTEMPT_HEADER = "Fixedip-Attempt"
+MAX_ERROR_CHARS = 200
+RETRY_STATUSES = frozenset({408, 429})
+
+
+@dataclass(slots=True)
+class DeliveryRoute:
+    """A route as delivery uses it: settings, resolved extra headers, signer, TLS."""
+
+    config: IngressRouteConfig
+    extra_headers: list[tuple[str, str]]
+    signer: Callable[[str, str, list[tuple[str, str]], bytes], list[tuple[str, str]]] | None
+    ssl_context: ssl.SSLContext | bool
+    in_flight: int = 0
+
+
+@dataclass(slots=True)
+class Outcome:
+    state: str  # DELIVERED, RETRY or DEAD
+    status: int | None
+    error: str = ""
+    retry_after_s: float | None = None
+
+
+def classify(status: int, retry_after: str | None) -> Outcome:
+    """What one HTTP answer from the target means for the record."""
+    if 200 <= status < 300:
+        return Outcome(DELIVERED, status)
+    if status in RETRY_STATUSES or status >= 500 or 300 <= status < 400:
+        return Outcome(RETRY, status, f"target answered {status}", parse_retry_after(retry_after))
+    return Outcome(DEAD, status, f"target answered {status}")
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value[:9]))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_s(config: IngressRouteConfig, attempts: int, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(retry_max_s, retry_base_s * 2**(attempts-1))]."""
+    ceiling = min(config.retry_max_s, config.retry_base_s * 2.0 ** min(attempts - 1, 60))
+    return rng.uniform(0.0, ceiling)
+
+
+def forward_headers(
+    headers: list[tuple[str, str]], delivery_id_header: str
+) -> list[tuple[str, str]]:
+    """The vendor's headers minus hop-by-hop ones (and those its Connection header names)."""
+    named = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            named |= {token.strip().lower() for token in value.split(",")}
+    drop = HOP_BY_HOP | named | {delivery_id_header.lower(), ATTEMPT_HEADER.lower()}
+    return [(name, value) for name, value in headers if name.lower() not in drop]
+
+
+def target_url(config: IngressRouteConfig, query: str) -> str:
+    if not query:
+        return config.target
+    return config.target + ("&" if "?" in config.target else "?") + query
+
+
+@dataclass
+class Deliverer:
+    spool: Spool
+    metrics: IngressMetrics
+    flowlog: Callable[[], FlowLog]
+    delivery_id_header: str
+    keep_delivered: bool
+    routes: dict[str, DeliveryRoute] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+    _session: aiohttp.ClientSession | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _claimed: dict[str, SpoolRecord] = field(default_factory=dict)
+    _next_due: float = 0.0
+    _stopping: bool = False
+    _loop_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        )
+        self._loop_task = asyncio.get_running_loop().create_task(self._dispatch())
+
+    def wake(self, route: str = "") -> None:
+        self._wake.set()
+
+    async def _dispatch(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            now = time.time()
+            for path, route in list(self.routes.items()):
+                free = route.config.concurrency - route.in_flight
+                if free <= 0 or self._stopping:
+                    continue
+                try:
+                    records = await self.spool.claim(path, now, free)
+                except SpoolUnavailable as exc:
+                    log.error("could not claim webhooks for delivery: %s", exc)
+                    records = []
+                for record in records:
+                    self._start_delivery(route, record)
+            wait = POLL_S
+            if self._next_due:
+                wait = max(0.0, min(wait, self._next_due - time.time()))
+                if wait == 0.0:
+                    self._next_due = 0.0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    def _start_delivery(self, route: DeliveryRoute, record: SpoolRecord) -> None:
+        route.in_flight += 1
+        self._claimed[record.id] = record
+        task = asyncio.get_running_loop().create_task(self._deliver(route, record))
+        self._tasks[record.id] = task
+
+    async def _deliver(self, route: DeliveryRoute, record: SpoolRecord) -> None:
+        try:
+            outcome, started = await self._attempt(route, record)
+            await self._settle(route, record, outcome, started)
+        finally:
+            route.in_flight -= 1
+            self._tasks.pop(record.id, None)
+            self._wake.set()
+
+    async def _attempt(self, route: DeliveryRoute, record: SpoolRecord) -> tuple[Outcome, float]:
+        assert self._session is not None
+        config = route.config
+        record.attempts += 1
+        headers = forward_headers(record.headers, self.delivery_id_header)
+        headers += route.extra_headers
+        headers.append((self.delivery_id_header, record.id))
+        headers.append((ATTEMPT_HEADER, str(record.attempts)))
+        url = target_url(config, record.query)
+        if route.signer is not None:
+            headers = route.signer(record.method, url, headers, record.body)
+        started = time.time()
+        try:
+            async with self._session.request(
+                record.method,
+                url,
+                data=record.body,
+                headers=CIMultiDict(headers),
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=config.timeout_s),
+                ssl=route.ssl_context,
+            ) as response:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    await response.content.readany()
+                return classify(response.status, response.headers.get("Retry-After")), started
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            text = str(exc) or type(exc).__name__
+            return Outcome(RETRY, None, text[:MAX_ERROR_CHARS]), started
+
+    async def _settle(
+        self, route: DeliveryRoute, record: SpoolRecord, outcome: Outcome, started: float
+    ) -> None:
+        config = route.config
+        now = time.time()
+        state = outcome.state
+        if state == RETRY and record.attempts >= config.max_attempts:
+            state = DEAD
+            outcome.error = f"{outcome.error}; gave up after {record.attempts} attempts"
+        record.last_status = outcome.status
+        record.last_error = outcome.error
+        next_attempt = 0.0
+        if state == RETRY:
+            delay = backoff_s(config, record.attempts, self.rng)
+            if outcome.retry_after_s is not None:
+                delay = min(outcome.retry_after_s, config.retry_max_s)
+            next_attempt = now + delay
+            if not self._next_due or next_attempt < self._next_due:
+                self._next_due = next_attempt
+        spool_state = {DELIVERED: "delivered", RETRY: "pending", DEAD: "dead"}[state]
+        try:
+            await self.spool.finish(
+                record,
+                spool_state,
+                now=now,
+                next_attempt=next_attempt,
+                keep_delivered=self.keep_delivered,
+            )
+        except SpoolUnavailable as exc:
+            # Still 'delivering' on disk: the next start delivers it again.
+            log.error("could not record the outcome of %s: %s", record.id, exc)
+        self._claimed.pop(record.id, None)
+        {DELIVERED: self.metrics.delivered, RETRY: self.metrics.retries, DEAD: self.metrics.dead}[
+            state
+        ].labels(config.path).inc()
+        if state == DEAD:
+            log.warning(
+                "webhook %s on %s is dead after %d attempts: %s",
+                record.id,
+                config.path,
+                record.attempts,
+                outcome.error,
+            )
+        self.flowlog().write(_attempt_record(record, config, outcome, state, started))
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; let deliveries in flight finish for `grace_s`, cut the rest and
+        put their records back to pending (a later start delivers them)."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=1.0)
+        with contextlib.suppress(SpoolUnavailable):
+            await self.spool.release(list(self._claimed))
+        self._claimed.clear()
+        if self._session is not None:
+            await self._session.close()
+
+
+def _attempt_record(
+    record: SpoolRecord, config: IngressRouteConfig, outcome: Outcome, state: str, started: float
+) -> WebhookRecord:
+    target = urlsplit(config.target)
+    return WebhookRecord(
+        start=started,
+        listener="ingress",
+        kind="delivery",
+        peer=record.source,
+        client=None,
+        method=record.method,
+        host=target.hostname,
+        port=target.port or (443 if target.scheme == "https" else 80),
+        resolved=None,
+        egress=None,
+        egress_public=None,
+        status=outcome.status,
+        bytes_up=len(record.body),
+        duration_s=time.time() - started,
+        reason=state,
+        delivery_id=record.id,
+        route=config.path,
+        attempt=record.attempts,
+        error=outcome.error or None,
+    )

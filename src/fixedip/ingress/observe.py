@@ -1,0 +1,139 @@
+"""What the relay tells operators: Prometheus metrics and flow-log records.
+
+Metrics live in the registry they are given: the gateway's when the relay runs beside
+the proxy (one /metrics), or a registry of the relay's own. Flow-log records are
+`FlowRecord`s with `kind` = `webhook` (a receipt) or `delivery` (one attempt), plus the
+delivery id, route and attempt number; like every flow record they never carry a body,
+a header value or a secret.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from fixedip.observe.flowlog import FlowRecord
+
+ACK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+DELIVERED = "delivered"
+RETRY = "retry"
+DEAD = "dead"
+
+
+@dataclass(slots=True)
+class WebhookRecord(FlowRecord):
+    """A receipt (`kind="webhook"`) or a delivery attempt (`kind="delivery"`)."""
+
+    delivery_id: str | None = None
+    route: str | None = None
+    attempt: int | None = None
+    error: str | None = None
+
+    @property
+    def decision(self) -> str:
+        """`allow` for an accepted receipt or a delivered attempt, else `deny`."""
+        return "allow" if self.reason in (ACCEPTED, DUPLICATE, DELIVERED) else "deny"
+
+    def _fields(self) -> dict[str, Any]:
+        fields = FlowRecord._fields(self)
+        fields["decision"] = self.decision
+        fields["delivery_id"] = self.delivery_id
+        fields["route"] = self.route
+        fields["attempt"] = self.attempt
+        fields["error"] = self.error
+        return fields
+
+
+def receipt_record(
+    start: float, peer: str, method: str, route: str, status: int, reason: str, size: int
+) -> WebhookRecord:
+    return WebhookRecord(
+        start=start,
+        listener="ingress",
+        kind="webhook",
+        peer=peer,
+        client=None,
+        method=method,
+        host=None,
+        port=None,
+        resolved=None,
+        egress=None,
+        egress_public=None,
+        status=status,
+        bytes_up=size,
+        duration_s=time.time() - start,
+        reason=reason,
+        route=route,
+    )
+
+
+class IngressMetrics:
+    """`fixedip_ingress_*` counters and gauges, labelled by route path."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.received = Counter(
+            "fixedip_ingress_received", "Webhook requests received.", ["route"], registry=registry
+        )
+        self.rejected = Counter(
+            "fixedip_ingress_rejected",
+            "Webhook requests refused, by reason.",
+            ["route", "reason"],
+            registry=registry,
+        )
+        self.spooled = Counter(
+            "fixedip_ingress_spooled",
+            "Webhooks committed to the spool.",
+            ["route"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "fixedip_ingress_duplicates",
+            "Receipts acknowledged without spooling: the vendor's id was seen before.",
+            ["route"],
+            registry=registry,
+        )
+        self.delivered = Counter(
+            "fixedip_ingress_delivered", "Webhooks delivered (2xx).", ["route"], registry=registry
+        )
+        self.retries = Counter(
+            "fixedip_ingress_retries",
+            "Delivery attempts that failed and were scheduled again.",
+            ["route"],
+            registry=registry,
+        )
+        self.dead = Counter(
+            "fixedip_ingress_dead",
+            "Webhooks given up on (dead letter).",
+            ["route"],
+            registry=registry,
+        )
+        self.depth = Gauge(
+            "fixedip_ingress_spool_records",
+            "Records in the spool by state.",
+            ["state"],
+            registry=registry,
+        )
+        self.oldest_pending = Gauge(
+            "fixedip_ingress_oldest_pending_age_seconds",
+            "Age of the oldest record not yet delivered (0 when none).",
+            registry=registry,
+        )
+        self.ack_seconds = Histogram(
+            "fixedip_ingress_ack_seconds",
+            "Time from request to acknowledgement (spool commit included).",
+            buckets=ACK_BUCKETS_S,
+            registry=registry,
+        )
+
+    def set_spool(self, stats: dict[str, Any], now: float) -> None:
+        for state, count in stats["counts"].items():
+            self.depth.labels(state).set(count)
+        oldest = stats.get("oldest_pending")
+        self.oldest_pending.set(max(0.0, now - oldest) if oldest else 0.0)
