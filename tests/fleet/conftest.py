@@ -1,5 +1,6 @@
-"""Fixtures of the fleet tests: redis-server and moto server subprocesses."""
+"""Fixtures of the fleet tests: redis-server, moto server, fleet members, a vendor."""
 
+from tests.fleet.gateways import both_vendor, fleet_members
 from tests.fleet.servers import moto, redis_server
 
-__all__ = ["moto", "redis_server"]
+__all__ = ["both_vendor", "fleet_members", "moto", "redis_server"]
