@@ -140,14 +140,23 @@ class TargetStub:
     def stop(self) -> None:
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(_cancel_the_rest(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         assert self._thread is not None
         self._thread.join(10)
         self._loop.close()
 
 
+async def _cancel_the_rest() -> None:
+    """Cancel handlers still running (a /hang), so the loop closes without pending tasks."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def relay_config(tmp_path: Path, routes: list[dict[str, Any]], **ingress: Any) -> Config:
-    """A relay-only file (no [egress]) through the real loader."""
+    """A relay-only file (no [egress]) at tmp_path/fixedip.toml, through the real loader."""
     data: dict[str, Any] = {
         "listen": {"admin": ""},
         "log": {"flow": str(tmp_path / "flow.jsonl")},
@@ -158,7 +167,10 @@ def relay_config(tmp_path: Path, routes: list[dict[str, Any]], **ingress: Any) -
             **ingress,
         },
     }
-    return parse(tomli_w.dumps(data), str(tmp_path / "fixedip.toml"))
+    text = tomli_w.dumps(data)
+    path = tmp_path / "fixedip.toml"
+    path.write_text(text)  # the CLI reads the same file
+    return parse(text, str(path))
 
 
 class RunningRelay:

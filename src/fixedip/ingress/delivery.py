@@ -8,7 +8,7 @@ when configured, an AWS SigV4 signature. Vendor headers are never rewritten.
 
 Outcomes: 2xx delivered; network errors, timeouts, 3xx, 408, 429 and 5xx are retried
 after `min(retry_max_s, retry_base_s * 2**(attempt-1))` scaled by a uniform random
-factor (full jitter), or after the target's Retry-After when it sends one, until
+factor (full jitter), or after the target's Retry-After when it sends one (up to a day), until
 `max_attempts`; any other 4xx is dead at once. Ordering is not promised: retries and
 concurrency let later webhooks overtake earlier ones.
 """
@@ -43,6 +43,8 @@ POLL_S = 0.5
 ATTEMPT_HEADER = "Fixedip-Attempt"
 MAX_ERROR_CHARS = 200
 RETRY_STATUSES = frozenset({408, 429})
+# A target's Retry-After is honoured even beyond retry_max_s, up to this bound.
+RETRY_AFTER_CAP_S = 86400.0
 
 
 @dataclass(slots=True)
@@ -223,7 +225,7 @@ class Deliverer:
         if state == RETRY:
             delay = backoff_s(config, record.attempts, self.rng)
             if outcome.retry_after_s is not None:
-                delay = min(outcome.retry_after_s, config.retry_max_s)
+                delay = min(outcome.retry_after_s, RETRY_AFTER_CAP_S)
             next_attempt = now + delay
             if not self._next_due or next_attempt < self._next_due:
                 self._next_due = next_attempt
