@@ -147,7 +147,7 @@ def ranges_cache(ranges_site: RangesSite, tmp_path: Path) -> Path:
 class EchoSite(LoopbackApp):
     """IP-echo endpoints. `nat` maps the peer address to the public one the endpoint
     reports (a cloud's 1:1 NAT); `/lie` always reports `lie_ip`; `/fail` answers 500;
-    `/flip` reports the peer until `flipped`, then `flip_ip`."""
+    `/flip` reports the peer for its first `flip_after` requests, then `flip_ip`."""
 
     def __init__(self) -> None:
         app = web.Application()
@@ -160,7 +160,8 @@ class EchoSite(LoopbackApp):
         self.nat: dict[str, str] = {}
         self.lie_ip = "203.0.113.99"
         self.flip_ip = "203.0.113.98"
-        self.flipped = False
+        self.flip_after = 1
+        self.flip_requests = 0
         self.peers: list[str] = []
 
     def _seen(self, request: web.Request) -> str:
@@ -183,7 +184,8 @@ class EchoSite(LoopbackApp):
 
     async def _flip(self, request: web.Request) -> web.Response:
         seen = self._seen(request)
-        return web.Response(text=self.flip_ip if self.flipped else seen)
+        self.flip_requests += 1
+        return web.Response(text=seen if self.flip_requests <= self.flip_after else self.flip_ip)
 
 
 @pytest.fixture
@@ -202,7 +204,7 @@ class Zone:
     strings, or a return code name ("REFUSED", "SERVFAIL"); anything else is NXDOMAIN."""
 
     def __init__(self) -> None:
-        from dnslib import PTR, QTYPE, RCODE, RR, TXT, A, AAAA
+        from dnslib import AAAA, PTR, QTYPE, RCODE, RR, TXT, A
         from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
         outer = self

@@ -106,7 +106,7 @@ def allowlist_rows(
 def _entry_row(entry: Entry, index: RangeIndex) -> Row | None:
     subject = f"line {entry.line}: {entry.text}"
     if entry.network.num_addresses > 1:
-        overlaps = index.trie.overlapping(entry.network)
+        overlaps = sorted(index.trie.overlapping(entry.network), key=lambda m: m[0])
         if overlaps:
             return Row(
                 "allowlist entry",

@@ -268,8 +268,13 @@ def classify(
 
 
 def describe(matches: list[tuple[Network, CloudRange]]) -> str:
+    """"AWS EC2 eu-west-1 (203.0.113.0/26); …": umbrella entries ("AMAZON") only where
+    no service names the same prefix; at most three."""
+    named = {n for n, c in matches if c.kind != "umbrella"}
     seen: list[str] = []
     for network, cloud in matches:
+        if cloud.kind == "umbrella" and network in named:
+            continue
         text = f"{cloud.label()} ({network})"
         if text not in seen:
             seen.append(text)
