@@ -24,11 +24,12 @@ STARTUP_TIMEOUT_S = 10.0
 LOG_TIMEOUT_S = 5.0
 
 _LISTENER_LINE = re.compile(
-    r"^  (?P<what>HTTP proxy \+ CONNECT|SOCKS5|admin API|demo echo vendor)\s+"
+    r"^  (?P<what>HTTP proxy \+ CONNECT|HTTPS proxy \(TLS\)|SOCKS5|admin API|demo echo vendor)\s+"
     r"(?P<host>[0-9.]+):(?P<port>\d+)$"
 )
 _LISTENER_NAMES = {
     "HTTP proxy + CONNECT": "http",
+    "HTTPS proxy (TLS)": "https",
     "SOCKS5": "socks",
     "admin API": "admin",
     "demo echo vendor": "echo",

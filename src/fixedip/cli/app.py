@@ -12,6 +12,7 @@ from fixedip.cli import plan as plan_cmd
 from fixedip.cli import serve as serve_cmd
 from fixedip.cli import status as status_cmd
 from fixedip.cli import suggest as suggest_cmd
+from fixedip.cli import tls as tls_cmd
 from fixedip.cli import token as token_cmd
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.add_typer(check_cmd.ranges_app, name="ranges")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(ingress_cmd.app, name="ingress")
 app.add_typer(plan_cmd.app, name="plan")
+app.add_typer(tls_cmd.app, name="tls")
 app.add_typer(token_cmd.app, name="token")
 app.add_typer(suggest_cmd.app, name="suggest")
 

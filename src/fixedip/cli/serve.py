@@ -38,6 +38,7 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    _warn_plain_text(cfg)
     try:
         import uvloop
     except ImportError:
@@ -50,11 +51,12 @@ def serve(
         addrs = gateway.addresses() if gateway is not None else _configured_addresses(cfg)
         source = cfg.source if cfg.source != EMBEDDED_DEFAULT else "the embedded demo configuration"
         lines = [f"fixedip {_version()} serving {source}"]
-        for name in ("http", "socks", "admin", "echo"):
+        for name in ("http", "https", "socks", "admin", "echo"):
             if name in addrs:
                 host, port = addrs[name]
                 what = {
                     "http": "HTTP proxy + CONNECT",
+                    "https": "HTTPS proxy (TLS)",
                     "socks": "SOCKS5",
                     "admin": "admin API",
                     "echo": "demo echo vendor",
@@ -89,13 +91,28 @@ def serve(
 
 def _configured_addresses(cfg: Config) -> dict[str, tuple[str, int]]:
     out = {}
-    for name in ("http", "socks", "admin"):
+    for name in ("http", "https", "socks", "admin"):
         endpoint = getattr(cfg.listen, name)
         if endpoint is not None:
             out[name] = (str(endpoint.host), endpoint.port)
     if cfg.demo.echo is not None:
         out["echo"] = (str(cfg.demo.echo.host), cfg.demo.echo.port)
     return out
+
+
+def _warn_plain_text(cfg: Config) -> None:
+    """A plain proxy listener carries tokens in the clear: say so unless it is loopback."""
+    for name, what in (("http", "HTTP proxy"), ("socks", "SOCKS5")):
+        endpoint = getattr(cfg.listen, name)
+        if endpoint is not None and not endpoint.host.is_loopback:
+            log.warning(
+                "listen.%s = %s: the %s listener is plain text on a non-loopback address, so "
+                "client tokens cross that network in the clear; keep it on a private network "
+                "and give clients across the internet listen.https (docs/tls.md)",
+                name,
+                endpoint,
+                what,
+            )
 
 
 def _serve_workers(cfg: Config, path: str | None, announce: Callable[[None], None]) -> int:

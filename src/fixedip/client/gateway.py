@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 
 PROBE_TIMEOUT_S = 1.0
 CHOICE_TTL_S = 60.0
+# A gateway that failed is left alone for a back-off that doubles per failure, from
+# BACKOFF_BASE_S up to BACKOFF_CAP_S; after it, a more preferred one is probed again.
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 30.0
+# Methods a request may be sent again for on another gateway after it may have been
+# received (RFC 9110 section 9.2.2); a request that never reached a gateway is always safe.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 WHOAMI_TIMEOUT_S = 3.0
 # Addresses that must never go through a proxy: cloud metadata and credential endpoints
 # (the gateway's SSRF guard refuses them, which would break credential lookups) and
@@ -60,13 +67,17 @@ class Gateway:
     >>> gw = Gateway("http://billing:TOKEN@10.0.1.5:3128")
     >>> requests.get("https://api.vendor.example/", proxies=gw.proxies)
 
-    `url` may hold several gateways, comma-separated: the SDK's own requests
-    (`whoami`, `verify_egress`, the guard's canary) go to the next one when a gateway
-    refuses the connection or does not answer; the proxy settings name the first
-    *healthy* one, where healthy means it accepted a TCP connection within
+    `url` may hold several gateways, comma-separated, most preferred first: the SDK's
+    own requests (`whoami`, `verify_egress`, the guard's canary) go to the next one when
+    a gateway refuses the connection or does not answer; the proxy settings name the
+    first *healthy* one, where healthy means it accepted a TCP connection within
     `PROBE_TIMEOUT_S` (1 s) the last time it was probed. The choice is kept for
-    `CHOICE_TTL_S` (60 s) and dropped as soon as one of the SDK's own requests finds
-    that gateway unreachable. With a single gateway nothing is probed.
+    `CHOICE_TTL_S` (60 s) and dropped as soon as a request finds that gateway
+    unreachable. A gateway that failed is skipped for a back-off (1 s, doubling per
+    failure up to 30 s); once it is over, a more preferred gateway is probed again and
+    the SDK goes back to it when it answers. `requests_session()` also moves a request
+    to the next gateway when its gateway cannot be reached: always when nothing was
+    sent, otherwise only for idempotent methods. With a single gateway nothing is probed.
 
     A plain `http://` gateway must be on a loopback or private address (the token
     travels in the clear); a name that is not obviously private is resolved the first
@@ -102,6 +113,7 @@ class Gateway:
         self.no_proxy = tuple(n.strip() for n in no_proxy if n.strip())
         self._current: Endpoint | None = None
         self._chosen_at = 0.0
+        self._backoff: dict[Endpoint, tuple[float, float]] = {}  # -> (until, seconds)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Gateway:
@@ -140,30 +152,55 @@ class Gateway:
             except OSError:  # does not resolve: nothing can leak; the client will say so
                 return only
             return only
+        now = time.monotonic()
         current = self._current
-        if current is not None and time.monotonic() - self._chosen_at < CHOICE_TTL_S:
+        if current is not None and now - self._chosen_at < CHOICE_TTL_S:
+            # Go back to a more preferred gateway once its back-off is over and it answers.
+            for endpoint in self._endpoints:
+                if endpoint is current:
+                    return current
+                if self._backoff.get(endpoint, (0.0, 0.0))[0] <= now and self._probe(endpoint):
+                    return endpoint
             return current
+        failures: dict[str, str] = {}
+        waiting = [e for e in self._endpoints if self._backoff.get(e, (0.0, 0.0))[0] > now]
+        # Gateways in back-off come last, so a fleet that is all down is still tried.
+        ordered = [e for e in self._endpoints if e not in waiting] + waiting
+        for endpoint in ordered:
+            if self._probe(endpoint, failures):
+                return endpoint
+        raise _unavailable(failures)
+
+    def _probe(self, endpoint: Endpoint, failures: dict[str, str] | None = None) -> bool:
+        """A TCP connection within PROBE_TIMEOUT_S: chosen. A failure starts its back-off."""
         import socket
 
-        failures: dict[str, str] = {}
-        for endpoint in self._endpoints:
-            try:
-                endpoint.vet()
-                socket.create_connection((endpoint.host, endpoint.port), PROBE_TIMEOUT_S).close()
-            except OSError as exc:
+        try:
+            endpoint.vet()
+            socket.create_connection((endpoint.host, endpoint.port), PROBE_TIMEOUT_S).close()
+        except OSError as exc:
+            self._failed(endpoint)
+            if failures is not None:
                 failures[endpoint.redacted] = _describe(exc)
-                continue
-            self._succeeded(endpoint)
-            return endpoint
-        raise _unavailable(failures)
+            return False
+        self._succeeded(endpoint)
+        return True
 
     def _succeeded(self, endpoint: Endpoint) -> None:
         self._current = endpoint
         self._chosen_at = time.monotonic()
+        self._backoff.pop(endpoint, None)
 
     def _failed(self, endpoint: Endpoint) -> None:
+        """Drop `endpoint` as the choice and back off from it (doubling, with jitter)."""
+        import random
+
         if self._current is endpoint:
             self._current = None
+        previous = self._backoff.get(endpoint)
+        seconds = min(BACKOFF_CAP_S, previous[1] * 2 if previous else BACKOFF_BASE_S)
+        until = time.monotonic() + random.uniform(seconds / 2, seconds)
+        self._backoff[endpoint] = (until, seconds)
 
     def _in_order(self) -> Iterator[Endpoint]:
         """The gateways for the SDK's own requests: the current choice first."""
@@ -211,27 +248,23 @@ class Gateway:
         return {"http": url, "https": url}
 
     def requests_session(self) -> Session:
-        """A `requests.Session` that sends everything through the gateway, and verifies
-        an https:// gateway against `ca` (or the system's trust store) for every URL."""
+        """A `requests.Session` that sends everything through the gateway in use,
+        verifies an https:// gateway against `ca` (or the system's trust store) for
+        every URL, and fails over to the next gateway where that is safe (see the class
+        docstring)."""
         try:
             import requests
-            from requests.adapters import HTTPAdapter
         except ImportError as exc:
             raise MissingDependency(
                 "gw.requests_session() needs requests: pip install requests"
             ) from exc
+        from fixedip.client._failover import FailoverAdapter
+
         session = requests.Session()
         session.proxies.update(self.proxies)
-        if self._choose().tls:
-            context = self._gateway_tls()
-
-            class GatewayAdapter(HTTPAdapter):
-                def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-                    proxy_kwargs.setdefault("proxy_ssl_context", context)
-                    return super().proxy_manager_for(proxy, **proxy_kwargs)
-
-            session.mount("http://", GatewayAdapter())
-            session.mount("https://", GatewayAdapter())
+        adapter = FailoverAdapter(self)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         return session
 
     def env(self) -> dict[str, str]:

@@ -1,0 +1,87 @@
+"""`fixedip serve` with the TLS listener, as operators run it: SIGHUP picks up a renewed
+certificate, bad files stop it with exit 2, and plain listeners off loopback are flagged."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.serve import FIXEDIP, ServeProcess, client, serve_config, write_config
+from tests.tlskit import GatewayPKI, expired, served_serial
+
+ServeFactory = Callable[[dict[str, Any]], ServeProcess]
+
+
+def tls_config(tmp_path: Path, pki: GatewayPKI, **listen: str) -> dict[str, Any]:
+    data = serve_config(tmp_path, [client("billing", ["127.0.0.1:*"], [443])])
+    data["listen"].update({"https": "127.0.0.1:0", **listen})
+    data["tls"] = pki.settings()
+    return data
+
+
+def test_sighup_serves_a_renewed_certificate(
+    serve: ServeFactory, pki: GatewayPKI, tmp_path: Path
+) -> None:
+    gateway = serve(tls_config(tmp_path, pki))
+    address = gateway.addresses["https"]
+    assert served_serial(address, pki) == pki.serial
+    renewed = pki.issue()
+    mark = gateway.mark
+    gateway.signal(signal.SIGHUP)
+    gateway.wait_for_line("TLS certificate loaded from", after=mark)
+    assert served_serial(address, pki) == renewed
+
+
+def test_sighup_with_a_broken_pair_keeps_the_certificate_in_service(
+    serve: ServeFactory, pki: GatewayPKI, tmp_path: Path
+) -> None:
+    gateway = serve(tls_config(tmp_path, pki))
+    address = gateway.addresses["https"]
+    pki.key.write_text("not a key\n")
+    mark = gateway.mark
+    gateway.signal(signal.SIGHUP)
+    line = gateway.wait_for_line("TLS reload refused", after=mark)
+    assert f"tls.key: {pki.key}: holds no usable PEM private key" in line
+    assert served_serial(address, pki) == pki.serial
+
+
+def test_an_expired_certificate_at_start_up_exits_2_naming_the_file(
+    pki: GatewayPKI, tmp_path: Path
+) -> None:
+    stale = pki.ca.issue_cert("127.0.0.1", **expired())
+    pki.write(stale.private_key_pem.bytes(), b"".join(p.bytes() for p in stale.cert_chain_pems))
+    path = tmp_path / "fixedip.toml"
+    write_config(path, tls_config(tmp_path, pki))
+    result = subprocess.run(
+        [str(FIXEDIP), "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert f"error: tls.cert: {pki.cert}: the certificate expired on" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plain_listeners_off_loopback_are_warned_about(
+    serve: ServeFactory, pki: GatewayPKI, tmp_path: Path
+) -> None:
+    gateway = serve(tls_config(tmp_path, pki, http="0.0.0.0:0", socks="0.0.0.0:0"))
+    warnings = [line for line in gateway.stderr if "WARNING" in line]
+    assert any(
+        "listen.http = 0.0.0.0:0: the HTTP proxy listener is plain text" in w for w in warnings
+    )
+    assert any("listen.socks = 0.0.0.0:0: the SOCKS5 listener is plain text" in w for w in warnings)
+    assert len(warnings) == 2  # the https listener is not one of them
+
+
+def test_loopback_listeners_are_not_warned_about(
+    serve: ServeFactory, pki: GatewayPKI, tmp_path: Path
+) -> None:
+    gateway = serve(tls_config(tmp_path, pki))
+    assert not [line for line in gateway.stderr if "plain text" in line]
+    assert "https" in gateway.addresses
