@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from fixedip import __version__
+from fixedip.cli import aws as aws_cmd
 from fixedip.cli import check as check_cmd
 from fixedip.cli import config as config_cmd
 from fixedip.cli import ingress as ingress_cmd
@@ -34,6 +35,7 @@ app.add_typer(check_cmd.ranges_app, name="ranges")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(ingress_cmd.app, name="ingress")
 app.add_typer(plan_cmd.app, name="plan")
+app.add_typer(aws_cmd.app, name="aws")
 app.add_typer(tls_cmd.app, name="tls")
 app.add_typer(token_cmd.app, name="token")
 app.add_typer(suggest_cmd.app, name="suggest")
