@@ -1,10 +1,8 @@
 """Fixtures for the SDK's tests: the SDK pointed at a real gateway, a scripted HTTP
-server, a TLS listener in front of the gateway, a TLS vendor, a moto server."""
+server, the gateway's TLS listener, a TLS vendor, a moto server."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import socket
 import ssl
 import threading
@@ -133,7 +131,7 @@ def scripted() -> Iterator[ScriptedServer]:
     server.server_close()
 
 
-# --- TLS: a CA, a TLS listener in front of the gateway, a TLS vendor ------------------
+# --- TLS: a CA, the gateway's TLS listener, a TLS vendor --------------------------
 
 
 @pytest.fixture(scope="session")
@@ -156,63 +154,26 @@ def _server_context(ca: Any) -> ssl.SSLContext:
     return context
 
 
-class TLSFront:
-    """A TLS listener relaying to the gateway's plain proxy port: a stand-in for the
-    gateway's https listener, which is not built yet."""
+def tls_listener(ca: Any, directory: Path) -> dict[str, Any]:
+    """gateway_config overrides for the gateway's own TLS listener, with a certificate
+    for 127.0.0.1 from the test CA (the one FIXEDIP_CA / `ca_file` names)."""
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = directory / "gateway-cert.pem", directory / "gateway-key.pem"
+    cert.write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    return {"listen": {"https": "127.0.0.1:0"}, "tls": {"cert": str(cert), "key": str(key)}}
 
-    def __init__(self, backend: tuple[str, int], context: ssl.SSLContext) -> None:
-        self.backend = backend
-        self.context = context
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.server: asyncio.Server | None = None
-        self.port = 0
 
-    def start(self) -> TLSFront:
-        self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def _start(self) -> asyncio.Server:
-        return await asyncio.start_server(self._relay, "127.0.0.1", 0, ssl=self.context)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.backend)
-        except OSError:
-            writer.close()
-            return
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            with contextlib.suppress(Exception):
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def url(self, user: str = "billing") -> str:
-        return f"https://{user}:{TOKENS[user]}@127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        async def close() -> None:
-            assert self.server is not None
-            self.server.close()
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+def https_url(gateway: RunningGateway, user: str = "billing") -> str:
+    """The gateway's https:// URL (its TLS listener) for `user`."""
+    host, port = gateway.addresses["https"]
+    return f"https://{user}:{TOKENS[user]}@{host}:{port}"
 
 
 @pytest.fixture
-def tls_front(gateway: RunningGateway, ca: Any) -> Iterator[TLSFront]:
-    front = TLSFront(gateway.http, _server_context(ca)).start()
-    yield front
-    front.stop()
+def tls_gateway_url(make_gateway: Callable[..., RunningGateway], ca: Any, tmp_path: Path) -> str:
+    """An https:// gateway URL for client `billing`: the gateway's TLS listener."""
+    return https_url(make_gateway(**tls_listener(ca, tmp_path)))
 
 
 @pytest.fixture

@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fixedip.client import EgressBlocked, Gateway, guard
-from tests.client.conftest import TLSFront, client_entry, dead_url
+from tests.client.conftest import client_entry, dead_url, https_url, tls_listener
 from tests.helpers import ALLOWED_EGRESS, OTHER_EGRESS, RunningGateway, VendorServer
 
 EXIT_SCRIPT = """
@@ -276,20 +277,19 @@ def test_an_https_canary_goes_through_a_connect_tunnel(
 
 
 def test_an_https_canary_through_a_tls_gateway_nests_tls(
-    tls_gateway: RunningGateway,
+    make_gateway: Callable[..., RunningGateway],
     tls_vendor: VendorServer,
     trust_test_ca: object,
     ca: Any,
+    tmp_path: Path,
 ) -> None:
-    from tests.client.conftest import _server_context
-
-    front = TLSFront(tls_gateway.http, _server_context(ca)).start()
-    try:
-        gw = Gateway(front.url(), ca=str(trust_test_ca))
-        handler = guard(
-            tls_vendor.url("/nested").replace("http:", "https:"), on_block="raise", gateway=gw
-        )(lambda: "ran")
-        assert handler() == "ran"
-    finally:
-        front.stop()
+    ports = [tls_vendor.port]
+    tls_gateway = make_gateway(
+        clients=[client_entry("billing", connect_ports=ports)], **tls_listener(ca, tmp_path)
+    )
+    gw = Gateway(https_url(tls_gateway), ca=str(trust_test_ca))
+    handler = guard(
+        tls_vendor.url("/nested").replace("http:", "https:"), on_block="raise", gateway=gw
+    )(lambda: "ran")
+    assert handler() == "ran"
     assert canaries(tls_vendor) == [(ALLOWED_EGRESS, "OPTIONS", "/nested")]

@@ -4,9 +4,13 @@ APIs, answering a loopback HTTP server that stands in for the pre-signed Respons
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -148,3 +152,22 @@ def test_no_enis_within_the_wait_fails_with_the_reason(
 def test_missing_function_name_fails(aws: World, responses: ResponseServer) -> None:
     body = run(aws, responses, "Create")
     assert body["Status"] == "FAILED" and "FunctionName is required" in body["Reason"]
+
+
+def test_handler_imports_flat_with_only_boto3_and_the_standard_library(tmp_path: Path) -> None:
+    """Packaged as a Lambda zip: eni_resource.py beside eni.py, no fixedip package around."""
+    for name in ("eni.py", "eni_resource.py"):
+        shutil.copy(Path(eni_resource.__file__).with_name(name), tmp_path / name)
+    probe = (
+        "import sys; sys.modules['fixedip'] = None\n"  # make `import fixedip...` fail
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import eni_resource\n"
+        "assert eni_resource.eni.__name__ == 'eni', eni_resource.eni\n"
+        "heavy = {'pydantic', 'typer', 'rich', 'uvloop', 'aiohttp'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "assert callable(eni_resource.handler)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
