@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ from typing import Any
 import pytest
 
 from fixedip.check.echo import parse_via
-from tests.check.conftest import EchoSite, Zone, fixedip
+from tests.check.conftest import FIXEDIP, EchoSite, Zone, fixedip
 from tests.helpers import ALLOWED_EGRESS, OTHER_EGRESS, RunningGateway, token_hash
+from tests.tlskit import GatewayPKI, TLSVendor, https_proxy_url, tls_overrides
 
 PUBLIC_A, PUBLIC_B = "203.0.113.10", "203.0.113.11"  # in the AWS EC2 eu-west-1 fixture range
 ZONE = "bl.example.test"
@@ -445,3 +447,45 @@ def test_table_output_for_humans(echo_site: EchoSite, good_dns: Zone) -> None:
     )  # fmt: skip
     assert "fixedip check" in out.stdout and "egress ip" in out.stdout
     assert "exit status" in out.stdout
+
+
+def test_through_the_gateways_tls_listener_with_an_https_echo(
+    make_gateway: Callable[..., RunningGateway],
+    pki: GatewayPKI,
+    https_vendor: TLSVendor,
+    echo_site: EchoSite,
+    good_dns: Zone,
+) -> None:
+    """TLS to the gateway (verified with --ca), CONNECT inside it, TLS to the echo."""
+    client = {
+        "name": "billing",
+        "token_hash": token_hash("billing"),
+        "allow": ["127.0.0.1:*"],
+        "connect_ports": [https_vendor.port],
+    }
+    gw = make_gateway(**tls_overrides(pki, clients=[client]))
+    args = [
+        "check", "--format", "json", "--via", https_proxy_url(gw), "--ca", str(pki.ca_file),
+        "--echo", https_vendor.url("/echo"), "--echo", echo_site.url("/plain"),
+        "--expect", ALLOWED_EGRESS, "--resolver", good_dns.address, "--no-dnsbl",
+        "--ranges-cache", "/nonexistent",
+    ]  # fmt: skip
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/nonexistent",
+        "SSL_CERT_FILE": str(https_vendor.ca_file),
+    }
+    out = subprocess.run([str(FIXEDIP), *args], capture_output=True, text=True, timeout=60, env=env)
+    assert status_of(out, "echo", https_vendor.url("/echo")) == "pass", out.stdout
+    assert rows(out)[("egress ip", "echo")]["reason"] == f"the internet sees {ALLOWED_EGRESS} (2/2)"
+    assert any(
+        r["check"] == "gateway" and r["status"] == "pass" for r in json.loads(out.stdout)["rows"]
+    )
+    assert [s[0] for s in https_vendor.server.seen] == [ALLOWED_EGRESS]
+    # Without the gateway's CA the check cannot run: its certificate is not trusted.
+    untrusted = subprocess.run(
+        [str(FIXEDIP), *[a for a in args if a not in ("--ca", str(pki.ca_file))]],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert untrusted.returncode == 3
+    assert "not trusted" in untrusted.stdout and "--ca" in untrusted.stdout

@@ -97,7 +97,8 @@ def allowlist_rows(
                 "allowlist entries",
                 name,
                 Status.PASS,
-                f"{len(entries)} entries, none a shared cloud range",
+                f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}, "
+                "none a shared cloud range",
             )
         )
     return rows

@@ -236,18 +236,24 @@ class RangeIndex:
         return (datetime.now(UTC) - oldest).days if oldest else 0
 
     def freshness_row(self) -> Row:
-        names = ", ".join(
-            f"{n} ({(e.get('published') or '?')[:10]})" for n, e in sorted(self.sources.items())
-        )
+        dates = sorted((e.get("published") or "")[:10] for e in self.sources.values())
+        dates = [d for d in dates if d]
+        span = f", published {dates[0]} to {dates[-1]}" if dates else ""
+        text = f"{self.trie.size} prefixes from {len(self.sources)} files{span}"
+        data = {
+            n: {"published": e.get("published"), "fetched_at": e.get("fetched_at")}
+            for n, e in sorted(self.sources.items())
+        }
         days = self.stale_days()
         if days > STALE_AFTER_DAYS:
             return Row(
                 "ranges",
                 "cache",
                 Status.WARN,
-                f"range files are {days} days old: run `fixedip ranges update` ({names})",
+                f"range files fetched {days} days ago: run `fixedip ranges update` ({text})",
+                data,
             )
-        return Row("ranges", "cache", Status.PASS, f"{self.trie.size} prefixes from {names}")
+        return Row("ranges", "cache", Status.PASS, text, data)
 
 
 def classify(
@@ -268,7 +274,7 @@ def classify(
 
 
 def describe(matches: list[tuple[Network, CloudRange]]) -> str:
-    """"AWS EC2 eu-west-1 (203.0.113.0/26); …": umbrella entries ("AMAZON") only where
+    """ "AWS EC2 eu-west-1 (203.0.113.0/26); …": umbrella entries ("AMAZON") only where
     no service names the same prefix; at most three."""
     named = {n for n, c in matches if c.kind != "umbrella"}
     seen: list[str] = []
