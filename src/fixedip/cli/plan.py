@@ -198,7 +198,9 @@ def _print_plan(title: str, options: list[Any], advice: list[str]) -> None:
             f"{option.monthly_usd:,.2f}{star}",
             "[green]yes[/green]" if option.fits else "[red]no[/red]",
             breakdown_text(option, "\n"),
-            option.why,
+            f"{option.why}\n[dim]complexity: {option.complexity}; reliability: "
+            f"{option.reliability}; cold start: {option.cold_start}; limits: {option.limits}; "
+            f"wrong when: {option.wrong_when}[/dim]",
         )
     console.print(table)
     if any(o.estimates for o in options):

@@ -216,6 +216,8 @@ def notes(inputs: Inputs, prices: PriceTable, options: list[Option]) -> list[str
             f"The {inputs.cloud} prices are list prices for {', '.join(regions)}; for "
             f"{inputs.region} pass --prices FILE with that region's figures."
         )
+    if inputs.cloud == "azure":
+        out.append("Azure internet egress is not in the price table: add it to every option.")
     estimated = sorted({key for o in options for key in o.estimates})
     if estimated:
         out.append(
