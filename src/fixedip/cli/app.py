@@ -8,6 +8,7 @@ from fixedip import __version__
 from fixedip.cli import aws as aws_cmd
 from fixedip.cli import check as check_cmd
 from fixedip.cli import config as config_cmd
+from fixedip.cli import flows as flows_cmd
 from fixedip.cli import ingress as ingress_cmd
 from fixedip.cli import plan as plan_cmd
 from fixedip.cli import serve as serve_cmd
@@ -33,6 +34,7 @@ app.command("status")(status_cmd.status)
 app.command("check")(check_cmd.check)
 app.add_typer(check_cmd.ranges_app, name="ranges")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(flows_cmd.app, name="flows")
 app.add_typer(ingress_cmd.app, name="ingress")
 app.add_typer(plan_cmd.app, name="plan")
 app.add_typer(aws_cmd.app, name="aws")

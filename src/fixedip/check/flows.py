@@ -1,0 +1,796 @@
+"""`fixedip flows analyze`: who talked to what, and what should not have happened.
+
+Flow records (from `flows_read`) are aggregated per destination (`host:port` for
+fixedip's log, `address:port` for VPC Flow Logs) into a dict with a fixed cap on its
+keys, so a log of any size is analysed in bounded memory. When the cap is hit the
+report says so: later destinations are counted but not listed, except findings, which
+keep reserves of their own so a flood of ordinary (or new) destinations cannot hide an
+SSRF.
+
+Findings (any makes the exit status 1):
+- unexpected destinations: not matched by `--expect` (names, `*.globs`, CIDRs);
+- internal destinations: an address on the SSRF guard's deny list (metadata, private,
+  loopback, link-local, CGNAT ...), or a fixedip flow the guard refused;
+- new destinations: not seen in the baseline (a time window or baseline files).
+
+VPC Flow Logs record each direction of a connection separately. A record is oriented by
+its ports: the lower port is the server's, so a reply (vendor:443 -> us:50123) adds its
+bytes to the destination vendor:443 without counting as a flow. A connection to one of
+our addresses (`--local`), or from a public address to a private one (RFC 1918, CGNAT,
+unique-local IPv6), is inbound: it counts in the totals and in rejected flows, never as a
+destination. Metadata, link-local and loopback addresses are always destinations.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import math
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from fixedip.check.flows_read import InputStats
+from fixedip.policy.decision import Reason
+from fixedip.policy.guard import Guard, IPAddress, IPNetwork
+from fixedip.policy.rules import normalise_host, parse_rule
+
+DEFAULT_MAX_KEYS = 100_000
+MAX_ADDRESS_MEMO = 65_536
+MAX_SOURCES_PER_DESTINATION = 4
+MAX_ADDRESSES_PER_DESTINATION = 4
+# A file is bad input when nothing in it parsed, or when more than this many of its
+# lines and more than --max-malformed percent of them are malformed.
+TOLERATED_MALFORMED_LINES = 10
+DEFAULT_MAX_MALFORMED_PERCENT = 1.0
+
+OK, UNEXPECTED, BAD_INPUT, COULD_NOT_RUN = 0, 1, 2, 3
+
+TCP, UDP = "6", "17"
+PROTOCOL_NAMES = {"6": "tcp", "17": "udp", "1": "icmp", "58": "icmpv6", "-": "-"}
+GUARD_REASONS = frozenset({Reason.GUARD_DENIED.value, Reason.GUARD_LOOP.value})
+
+_GUARD = Guard()
+# Deny-list categories (the first word of a guard rule) of addresses a VPC routes to.
+_ROUTABLE_INSIDE = frozenset({"private", "cgnat", "unique-local"})
+_RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _is_ip_literal(host: str) -> bool:
+    return ":" in host or host.rpartition(".")[2].isdigit()
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """Epoch seconds from ISO 8601 (UTC unless it says otherwise), epoch digits, or an
+    age such as `90m`, `24h`, `7d` (that long before `now`). ValueError says how to write it.
+    """
+    value = text.strip()
+    if value.isdigit():
+        return float(value)
+    relative = _RELATIVE.fullmatch(value)
+    if relative:
+        now = time.time() if now is None else now
+        return now - int(relative.group(1)) * _UNIT_S[relative.group(2)]
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"'{text}' is not a time: write 2024-05-01T12:00:00Z, 2024-05-01, "
+            "epoch seconds, or an age such as 24h or 7d"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def format_time(epoch_s: float | None) -> str | None:
+    """ISO 8601 in UTC, with milliseconds only when the time has a fraction."""
+    if epoch_s is None or not math.isfinite(epoch_s):
+        return None
+    whole = int(epoch_s // 1)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    millis = round((epoch_s - whole) * 1000)
+    return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
+
+
+class AddressSet:
+    """Names, `*.suffix` globs and networks: what `--expect` and `--local` accept.
+
+    Names follow the allow rules (`*.example.com` is any depth of subdomain, never the
+    apex); an address or CIDR matches addresses, IPv4-mapped IPv6 judged as IPv4.
+    """
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self.text: list[str] = []
+        self.names: set[str] = set()
+        self.suffixes: list[str] = []
+        self.networks: list[IPNetwork] = []
+        self.everything = False
+        for raw in values:
+            for value in raw.split(","):
+                if value.strip():
+                    self._add(value.strip())
+
+    def _add(self, value: str) -> None:
+        self.text.append(value)
+        try:
+            self.networks.append(ipaddress.ip_network(value.strip("[]"), strict=False))
+            return
+        except ValueError:
+            pass
+        if "/" in value or _is_ip_literal(value):
+            raise ValueError(f"'{value}' is not a valid address or network")
+        try:
+            rule = parse_rule(f"{value}:*")
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(":*'", "'")) from None
+        if rule.host == "*":
+            self.everything = True
+        elif rule.host is not None and rule.host.startswith("*."):
+            self.suffixes.append(rule.host[1:])
+        elif rule.host is not None:
+            self.names.add(rule.host)
+
+    def __bool__(self) -> bool:
+        return bool(self.text)
+
+    @property
+    def has_networks(self) -> bool:
+        return bool(self.networks) or self.everything
+
+    def matches_name(self, host: str) -> bool:
+        if self.everything:
+            return True
+        if _is_ip_literal(host):
+            return False
+        host = normalise_host(host)
+        return host in self.names or any(
+            len(host) > len(suffix) and host.endswith(suffix) for suffix in self.suffixes
+        )
+
+    def matches_address(self, address: IPAddress) -> bool:
+        if self.everything:
+            return True
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+
+@dataclass(frozen=True, slots=True)
+class AddressInfo:
+    """What the analysis needs to know about one address, computed once (memoised)."""
+
+    internal: str | None  # the guard's deny-list entry, e.g. "metadata 169.254.169.254/32"
+    expected: bool
+    local: bool
+
+    @property
+    def reachable_inside(self) -> bool:
+        """A private address a public client may connect to (through a NAT or a load
+        balancer); metadata, link-local and loopback addresses never are."""
+        return self.internal is not None and self.internal.split(" ", 1)[0] in _ROUTABLE_INSIDE
+
+
+class Destination:
+    """The aggregate of every flow to one destination."""
+
+    __slots__ = (
+        "addresses",
+        "bytes",
+        "first",
+        "flows",
+        "host",
+        "internal",
+        "last",
+        "packets",
+        "port",
+        "protocol",
+        "rejected",
+        "sources",
+        "unexpected",
+    )
+
+    def __init__(self, host: str, port: int, protocol: str, when: float) -> None:
+        self.host = host
+        self.port = port
+        self.protocol = protocol
+        self.flows = 0
+        self.bytes = 0
+        self.packets = 0
+        self.rejected = 0
+        self.first = when
+        self.last = when
+        self.internal: str | None = None
+        self.unexpected = False
+        self.sources: list[str] = []
+        self.addresses: list[str] = []
+
+    @property
+    def name(self) -> str:
+        return destination_name(self.host, self.port, self.protocol)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "destination": self.name,
+            "host": self.host,
+            "port": self.port,
+            "protocol": PROTOCOL_NAMES.get(self.protocol, f"proto {self.protocol}"),
+            "flows": self.flows,
+            "bytes": self.bytes,
+            "packets": self.packets,
+            "rejected": self.rejected,
+            "first_seen": format_time(self.first),
+            "last_seen": format_time(self.last),
+            "internal": self.internal,
+            "sources": list(self.sources),
+            "addresses": list(self.addresses),
+        }
+
+
+def destination_name(host: str, port: int, protocol: str) -> str:
+    """`host:443`, `[2001:db8::1]:443`, `10.0.0.2:53/udp`, `10.0.0.9 (icmp)`."""
+    shown = f"[{host}]" if ":" in host else host
+    if protocol == TCP:
+        return f"{shown}:{port}"
+    name = PROTOCOL_NAMES.get(protocol, f"proto {protocol}")
+    if protocol == UDP:
+        return f"{shown}:{port}/{name}"
+    return f"{shown} ({name})"
+
+
+class _Counter:
+    __slots__ = ("bytes", "first", "flows", "last")
+
+    def __init__(self, when: float) -> None:
+        self.flows = 0
+        self.bytes = 0
+        self.first = when
+        self.last = when
+
+
+class FlowAnalysis:
+    """Streams records in (it is the `FlowSink` of `flows_read`) and builds the report.
+
+    `max_keys` bounds each table (destinations, sources, rejected groups, the baseline
+    set); destinations that are findings have two more `max_keys` in reserve (see
+    `_admit`), so at most 3 x `max_keys` destinations are held.
+    """
+
+    def __init__(
+        self,
+        expect: AddressSet | None = None,
+        local: AddressSet | None = None,
+        since: float | None = None,
+        baseline_until: float | None = None,
+        max_keys: int = DEFAULT_MAX_KEYS,
+    ) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.expect = expect or AddressSet()
+        self.local = local or AddressSet()
+        self.since = since
+        self.baseline_until = baseline_until
+        self.max_keys = max_keys
+        self._since = -math.inf if since is None else since
+        self._baseline_before = -math.inf if baseline_until is None else baseline_until
+        self.baseline: set[tuple[str, int, str]] | None = (
+            set() if baseline_until is not None else None
+        )
+        self.baseline_files: list[str] = []
+        self.destinations: dict[tuple[str, int, str], Destination] = {}
+        self.sources: dict[str, _Counter] = {}
+        self.rejected: dict[tuple[str, str, str], _Counter] = {}
+        self._memo: dict[str, AddressInfo | None] = {}
+        self._finding_overflow = 0
+        self._internal_overflow = 0
+        self.before_since = 0
+        self.baseline_records = 0
+        self.baseline_truncated = False
+        self.analysed = 0
+        self.total_bytes = 0
+        self.inbound_flows = 0
+        self.inbound_bytes = 0
+        self.untracked_records = 0
+        self.untracked_bytes = 0
+        self.untracked_findings = 0
+        self.untracked_sources = 0
+        self.untracked_rejected = 0
+        self.first: float = math.inf
+        self.last: float = -math.inf
+
+    # --- phases ---------------------------------------------------------------------
+
+    def begin_baseline_files(self, names: Iterable[str]) -> None:
+        """Everything read until `end_baseline_files()` is baseline, whatever its time."""
+        self.baseline = set() if self.baseline is None else self.baseline
+        self.baseline_files.extend(names)
+        self._since, self._baseline_before = -math.inf, math.inf
+
+    def end_baseline_files(self) -> None:
+        self._since = -math.inf if self.since is None else self.since
+        self._baseline_before = -math.inf
+
+    # --- per record (the hot path) --------------------------------------------------
+
+    def address(self, text: str) -> AddressInfo | None:
+        """Memoised classification of an address; None when `text` is not an address."""
+        memo = self._memo
+        info = memo.get(text, memo)
+        if info is not memo:
+            return info  # type: ignore[return-value]
+        try:
+            address = ipaddress.ip_address(text.strip("[]"))
+        except ValueError:
+            result = None
+        else:
+            verdict = _GUARD.vet(address, 0)
+            result = AddressInfo(
+                internal=None if verdict.reason is Reason.ALLOWED else verdict.rule,
+                expected=self.expect.matches_address(address),
+                local=bool(self.local) and self.local.matches_address(address),
+            )
+        if len(memo) >= MAX_ADDRESS_MEMO:
+            memo.clear()
+        memo[text] = result
+        return result
+
+    def vpc_record(
+        self,
+        start: float,
+        src: str,
+        dst: str,
+        srcport: int,
+        dstport: int,
+        protocol: str,
+        nbytes: int,
+        packets: int,
+        rejected: bool,
+    ) -> bool:
+        """One VPC Flow Logs record; False when an address field is not an address."""
+        if start < self._since:
+            self.before_since += 1
+            return True
+        reply = srcport < dstport and protocol in (TCP, UDP)
+        if reply:
+            server, client, port = src, dst, srcport
+        else:
+            server, client, port = dst, src, dstport
+        key = (server, port, protocol)
+        if start < self._baseline_before:
+            return self._to_baseline(key, server, client)
+        d = self.destinations.get(key)
+        if client not in self.sources and self.address(client) is None:
+            return False
+        if d is None or d.internal is not None:
+            server_info = self.address(server)
+            client_info = self.address(client)
+            if server_info is None or client_info is None:
+                return False
+            if server_info.local or (server_info.reachable_inside and client_info.internal is None):
+                self._inbound(start, client, server, port, protocol, nbytes, rejected, reply)
+                return True
+            if d is None:
+                unexpected = bool(self.expect) and not server_info.expected
+                d = self._admit(key, start, nbytes, unexpected, server_info.internal)
+                if d is None:
+                    return True
+                d.internal = server_info.internal
+                d.unexpected = unexpected
+        self._count(d, start, client, nbytes, packets, rejected, reply)
+        if rejected:
+            self._reject(start, client, d.name, "REJECT")
+        return True
+
+    def gateway_record(
+        self,
+        when: float,
+        source: str,
+        host: str | None,
+        port: int,
+        resolved: str | None,
+        nbytes: int,
+        denied: bool,
+        reason: str,
+        rule: str | None,
+    ) -> bool:
+        """One fixedip flow-log record; False when `resolved` is not an address."""
+        if when < self._since:
+            self.before_since += 1
+            return True
+        resolved_info = None
+        if resolved is not None:
+            resolved_info = self.address(resolved)
+            if resolved_info is None:
+                return False
+        if host is None:  # refused before a destination was known (e.g. bad auth)
+            if when >= self._baseline_before:
+                self._window(when, nbytes)
+                self._source(when, source, nbytes)
+                if denied:
+                    self._reject(when, source, "-", _reason_text(reason, rule))
+            else:
+                self.baseline_records += 1
+            return True
+        key = (host, port, TCP)
+        if when < self._baseline_before:
+            return self._to_baseline(key, None, None)
+        d = self.destinations.get(key)
+        guard_label = (rule or reason) if reason in GUARD_REASONS else None
+        if d is None:
+            internal, unexpected = self._judge_host(host, resolved_info)
+            internal = guard_label or internal
+            d = self._admit(key, when, nbytes, unexpected, internal)
+            if d is None:
+                return True
+            d.internal, d.unexpected = internal, unexpected
+            if resolved is not None:
+                d.addresses.append(resolved)
+        else:
+            if guard_label is not None and d.internal is None:
+                d.internal = guard_label
+            if resolved_info is not None and resolved not in d.addresses:
+                if resolved_info.internal is not None and d.internal is None:
+                    d.internal = resolved_info.internal
+                if d.unexpected is False and self.expect and not self._host_expected(host):
+                    d.unexpected = not resolved_info.expected
+                if len(d.addresses) < MAX_ADDRESSES_PER_DESTINATION:
+                    d.addresses.append(resolved)  # type: ignore[arg-type]
+        self._count(d, when, source, nbytes, 0, denied, False)
+        if denied:
+            self._reject(when, source, d.name, _reason_text(reason, rule))
+        return True
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _host_expected(self, host: str) -> bool:
+        if _is_ip_literal(host):
+            info = self.address(host)
+            return info is not None and info.expected
+        return self.expect.matches_name(host)
+
+    def _judge_host(self, host: str, resolved: AddressInfo | None) -> tuple[str | None, bool]:
+        """(internal label, unexpected) for a new fixedip destination."""
+        internal = None
+        expected = False
+        if _is_ip_literal(host):
+            info = self.address(host)
+            if info is not None:
+                internal, expected = info.internal, info.expected
+        else:
+            expected = self.expect.matches_name(host)
+        if resolved is not None:
+            internal = internal or resolved.internal
+            expected = expected or resolved.expected
+        return internal, bool(self.expect) and not expected
+
+    def _to_baseline(
+        self, key: tuple[str, int, str], server: str | None, client: str | None
+    ) -> bool:
+        self.baseline_records += 1
+        baseline = self.baseline
+        if baseline is None or key in baseline:
+            return True
+        if (
+            server is not None
+            and client is not None
+            and (self.address(server) is None or self.address(client) is None)
+        ):
+            return False
+        if len(baseline) < self.max_keys:
+            baseline.add(key)
+        else:
+            self.baseline_truncated = True
+        return True
+
+    def _window(self, when: float, nbytes: int) -> None:
+        self.analysed += 1
+        self.total_bytes += nbytes
+        if when < self.first:
+            self.first = when
+        if when > self.last:
+            self.last = when
+
+    def _admit(
+        self,
+        key: tuple[str, int, str],
+        when: float,
+        nbytes: int,
+        unexpected: bool,
+        internal: str | None,
+    ) -> Destination | None:
+        """A new entry for `key`, or None (counted as untracked) when the cap is reached.
+
+        Past `max_keys`, findings still get entries from two reserves of `max_keys`
+        each: one for internal addresses, one for unexpected or new destinations, so
+        neither a flood of ordinary traffic nor a scan of new addresses hides an SSRF.
+        """
+        destinations = self.destinations
+        if len(destinations) >= self.max_keys:
+            new = self.baseline is not None and key not in self.baseline
+            if internal is not None and self._internal_overflow < self.max_keys:
+                self._internal_overflow += 1
+            elif (unexpected or new) and self._finding_overflow < self.max_keys:
+                self._finding_overflow += 1
+            else:
+                self._window(when, nbytes)
+                self.untracked_records += 1
+                self.untracked_bytes += nbytes
+                if internal is not None or unexpected or new:
+                    self.untracked_findings += 1
+                return None
+        d = destinations[key] = Destination(key[0], key[1], key[2], when)
+        return d
+
+    def _count(
+        self,
+        d: Destination,
+        when: float,
+        source: str,
+        nbytes: int,
+        packets: int,
+        rejected: bool,
+        reply: bool,
+    ) -> None:
+        # The hot path: one call per record, no helpers (a call costs as much as the rest).
+        self.analysed += 1
+        self.total_bytes += nbytes
+        if when < self.first:
+            self.first = when
+        if when > self.last:
+            self.last = when
+        if not reply:
+            d.flows += 1
+        d.bytes += nbytes
+        d.packets += packets
+        if rejected:
+            d.rejected += 1
+        if when < d.first:
+            d.first = when
+        if when > d.last:
+            d.last = when
+        sources = d.sources
+        if len(sources) < MAX_SOURCES_PER_DESTINATION and source not in sources:
+            sources.append(source)
+        counter = self.sources.get(source)
+        if counter is None:
+            if len(self.sources) >= self.max_keys:
+                self.untracked_sources += 1
+                return
+            counter = self.sources[source] = _Counter(when)
+        if not reply:
+            counter.flows += 1
+        counter.bytes += nbytes
+        if when < counter.first:
+            counter.first = when
+        if when > counter.last:
+            counter.last = when
+
+    def _source(self, when: float, source: str, nbytes: int) -> None:
+        counter = self.sources.get(source)
+        if counter is None:
+            if len(self.sources) >= self.max_keys:
+                self.untracked_sources += 1
+                return
+            counter = self.sources[source] = _Counter(when)
+        counter.flows += 1
+        counter.bytes += nbytes
+        if when < counter.first:
+            counter.first = when
+        if when > counter.last:
+            counter.last = when
+
+    def _reject(self, when: float, source: str, destination: str, reason: str) -> None:
+        key = (source, destination, reason)
+        counter = self.rejected.get(key)
+        if counter is None:
+            if len(self.rejected) >= self.max_keys:
+                self.untracked_rejected += 1
+                return
+            counter = self.rejected[key] = _Counter(when)
+        counter.flows += 1
+        if when < counter.first:
+            counter.first = when
+        if when > counter.last:
+            counter.last = when
+
+    def _inbound(
+        self,
+        when: float,
+        client: str,
+        server: str,
+        port: int,
+        protocol: str,
+        nbytes: int,
+        rejected: bool,
+        reply: bool,
+    ) -> None:
+        self._window(when, nbytes)
+        if not reply:
+            self.inbound_flows += 1
+        self.inbound_bytes += nbytes
+        if rejected:
+            self._reject(when, client, destination_name(server, port, protocol), "REJECT inbound")
+
+    # --- the report -----------------------------------------------------------------
+
+    def report(
+        self, inputs: list[InputStats], top: int, max_malformed_percent: float
+    ) -> dict[str, Any]:
+        """The whole result as JSON-ready data; `exit_code` and `status` included."""
+        dests = list(self.destinations.values())
+        unexpected = sorted((d for d in dests if d.unexpected), key=_by_flows)
+        # An internal address the operator listed in --expect is known, not a finding.
+        checked = bool(self.expect)
+        internal = sorted(
+            (d for d in dests if d.internal is not None and (d.unexpected or not checked)),
+            key=_by_flows,
+        )
+        new: list[Destination] = []
+        if self.baseline is not None:
+            baseline = self.baseline
+            new = sorted(
+                (d for d in dests if (d.host, d.port, d.protocol) not in baseline),
+                key=lambda d: (d.first, d.name),
+            )
+        input_rows = [_input_row(stats, max_malformed_percent) for stats in inputs]
+        bad = any(row["bad"] for row in input_rows)
+        found = bool(unexpected or internal or new or self.untracked_findings)
+        exit_code = BAD_INPUT if bad else (UNEXPECTED if found else OK)
+        cap_hit = bool(
+            self.untracked_records
+            or self.untracked_sources
+            or self.untracked_rejected
+            or self.baseline_truncated
+        )
+        return {
+            "status": {OK: "ok", UNEXPECTED: "unexpected", BAD_INPUT: "bad-input"}[exit_code],
+            "exit_code": exit_code,
+            "inputs": input_rows,
+            "checks": {
+                "expected": self.expect.text,
+                "local": self.local.text,
+                "since": format_time(self.since),
+                "baseline_until": format_time(self.baseline_until),
+                "baseline_files": self.baseline_files,
+            },
+            "totals": {
+                "records": sum(stats.records for stats in inputs),
+                "analysed": self.analysed,
+                "before_since": self.before_since,
+                "baseline_records": self.baseline_records,
+                "bytes": self.total_bytes,
+                "inbound_flows": self.inbound_flows,
+                "inbound_bytes": self.inbound_bytes,
+                "destinations": len(self.destinations),
+                "sources": len(self.sources),
+                "first": format_time(self.first),
+                "last": format_time(self.last),
+            },
+            "cap": {
+                "max_keys": self.max_keys,
+                "hit": cap_hit,
+                "untracked_records": self.untracked_records,
+                "untracked_bytes": self.untracked_bytes,
+                "untracked_findings": self.untracked_findings,
+                "untracked_sources": self.untracked_sources,
+                "untracked_rejected": self.untracked_rejected,
+                "baseline_truncated": self.baseline_truncated,
+            },
+            "unexpected_destinations": [d.to_dict() for d in unexpected],
+            "internal_destinations": [d.to_dict() for d in internal],
+            "new_destinations": [d.to_dict() for d in new],
+            "top_destinations_by_bytes": [
+                d.to_dict() for d in heapq.nlargest(top, dests, key=lambda d: (d.bytes, d.flows))
+            ],
+            "top_destinations_by_flows": [
+                d.to_dict() for d in heapq.nlargest(top, dests, key=lambda d: (d.flows, d.bytes))
+            ],
+            "top_sources_by_bytes": _top_sources(self.sources, top, by_bytes=True),
+            "top_sources_by_flows": _top_sources(self.sources, top, by_bytes=False),
+            "rejected": [
+                {
+                    "source": source,
+                    "destination": destination,
+                    "reason": reason,
+                    "flows": counter.flows,
+                    "first_seen": format_time(counter.first),
+                    "last_seen": format_time(counter.last),
+                }
+                for (source, destination, reason), counter in heapq.nlargest(
+                    top, self.rejected.items(), key=lambda item: item[1].flows
+                )
+            ],
+            "rejected_total": sum(c.flows for c in self.rejected.values())
+            + self.untracked_rejected,
+            "notes": self._notes(cap_hit),
+        }
+
+    def _notes(self, cap_hit: bool) -> list[str]:
+        notes = []
+        if not self.expect:
+            notes.append("no --expect given: destinations are not checked against an expected set")
+        elif not self.expect.has_networks:
+            notes.append(
+                "--expect names no address or CIDR: VPC Flow Logs carry addresses only, so "
+                "every VPC destination counts as unexpected"
+            )
+        if self.baseline is None:
+            notes.append(
+                "no baseline given (--baseline-until or --baseline): new destinations not checked"
+            )
+        if cap_hit:
+            notes.append(
+                f"the cap of {self.max_keys} tracked keys per table was hit: "
+                f"{self.untracked_records} records to further destinations are in the totals "
+                "but not listed; findings had a reserve of their own"
+                + (
+                    f" and {self.untracked_findings} finding records still went unlisted"
+                    if self.untracked_findings
+                    else ""
+                )
+                + "; raise --max-keys to list more"
+            )
+        if self.baseline_truncated:
+            notes.append(
+                "the baseline held more destinations than --max-keys: some destinations "
+                "reported as new may have been in the baseline"
+            )
+        return notes
+
+
+def _by_flows(d: Destination) -> tuple[int, int, str]:
+    return (-d.flows, -d.bytes, d.name)
+
+
+def _reason_text(reason: str, rule: str | None) -> str:
+    return f"{reason} ({rule})" if rule else reason
+
+
+def _top_sources(sources: dict[str, _Counter], top: int, by_bytes: bool) -> list[dict[str, Any]]:
+    def key(item: tuple[str, _Counter]) -> tuple[int, int]:
+        c = item[1]
+        return (c.bytes, c.flows) if by_bytes else (c.flows, c.bytes)
+
+    return [
+        {
+            "source": source,
+            "flows": c.flows,
+            "bytes": c.bytes,
+            "first_seen": format_time(c.first),
+            "last_seen": format_time(c.last),
+        }
+        for source, c in heapq.nlargest(top, sources.items(), key=key)
+    ]
+
+
+def input_is_bad(stats: InputStats, max_malformed_percent: float) -> bool:
+    """Unreadable, nothing parsed, or malformed lines beyond the tolerance."""
+    if stats.error is not None:
+        return True
+    if stats.malformed and not stats.records and not (stats.nodata or stats.skipdata):
+        return True
+    return (
+        stats.malformed > TOLERATED_MALFORMED_LINES
+        and stats.malformed * 100.0 > max_malformed_percent * max(stats.lines, 1)
+    )
+
+
+def _input_row(stats: InputStats, max_malformed_percent: float) -> dict[str, Any]:
+    return {
+        "name": stats.name,
+        "format": stats.format,
+        "lines": stats.lines,
+        "records": stats.records,
+        "malformed": stats.malformed,
+        "nodata": stats.nodata,
+        "skipdata": stats.skipdata,
+        "not_flows": stats.not_flows,
+        "error": stats.error,
+        "bad": input_is_bad(stats, max_malformed_percent),
+        "examples": list(stats.examples),
+    }
