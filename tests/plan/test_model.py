@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fixedip.plan.model import OPTION_IDS, InputError, Inputs, make_inputs, notes, plan
 from fixedip.plan.prices import PriceTable, load
@@ -181,3 +183,26 @@ def test_json_options_carry_the_contract_fields(prices: PriceTable) -> None:
     option = plan(make_inputs({}), prices)[0].to_dict()
     assert {"id", "name", "monthly_usd", "breakdown", "fits", "why"} <= set(option)
     assert option["monthly_usd"] == pytest.approx(sum(option["breakdown"].values()), abs=0.01)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cloud=st.sampled_from(["aws", "gcp", "azure"]),
+    egress_gb=st.floats(min_value=0, max_value=100_000, allow_nan=False),
+    requests=st.integers(min_value=0, max_value=10**9),
+    ingress=st.booleans(),
+    ips=st.integers(min_value=1, max_value=8),
+    azs=st.integers(min_value=0, max_value=6),
+    env=st.sampled_from(["dev", "prod"]),
+    nat_exists=st.booleans(),
+    only_cloud_apis=st.booleans(),
+    metrics=st.integers(min_value=0, max_value=50),
+)
+def test_any_inputs_give_non_negative_breakdowns_ranked_fitting_first(**values: object) -> None:
+    ranked = plan(make_inputs(values), load())
+    assert ranked[0].fits  # a SaaS proxy always fits, so something does
+    for option in ranked:
+        assert all(usd >= 0 for usd in option.breakdown.values())
+        assert option.monthly_usd == round(sum(option.breakdown.values()), 2)
+    keys = [(not o.fits, o.monthly_usd) for o in ranked]
+    assert keys == sorted(keys)
