@@ -169,7 +169,8 @@ def ls(
         typer.echo(json.dumps([r.summary() for r in records], indent=2))
         return
     table = Table(title="spooled webhooks")
-    for column in ("id", "route", "state", "received", "attempts", "last", "bytes"):
+    table.add_column("id", no_wrap=True, min_width=32)  # operators copy it whole
+    for column in ("route", "state", "received", "attempts", "last", "bytes"):
         table.add_column(column)
     for r in records:
         last = str(r.last_status) if r.last_status is not None else (r.last_error[:40] or "")
