@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fixedip.check.flows import AddressSet, FlowAnalysis, parse_time
+from fixedip.check.flows import FlowAnalysis
+from fixedip.check.flows_match import AddressSet, parse_time
+from fixedip.check.flows_report import build_report
 from fixedip.policy.guard import DEFAULT_DENY
 from tests.check.flows_helpers import (
     BASELINE_END,
@@ -284,7 +286,7 @@ def test_the_key_cap_bounds_every_table_and_findings_keep_a_reserve() -> None:
         )
     assert len(analysis.destinations) <= 3 * cap
     assert len(analysis.sources) <= cap and len(analysis.rejected) <= cap
-    report = analysis.report([], top=5, max_malformed_percent=1.0)
+    report = build_report(analysis, [], top=5, max_malformed_percent=1.0)
     assert len(report["internal_destinations"]) == 20  # not hidden by the flood
     assert report["cap"]["hit"] is True
     assert report["cap"]["untracked_records"] == 5_000 - cap

@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 
 from fixedip.check.flows import FlowAnalysis
-from fixedip.check.flows_read import (
-    MAX_LINE_CHARS,
-    header_fields,
-    parse_gateway_time,
-    read_input,
-)
+from fixedip.check.flows_input import MAX_LINE_CHARS
+from fixedip.check.flows_read import parse_gateway_time, read_input
+from fixedip.check.flows_vpc import header_fields
 from tests.check.flows_helpers import (
     CUSTOM,
     GATEWAY_LOG,

@@ -23,157 +23,27 @@ destination. Metadata, link-local and loopback addresses are always destinations
 
 from __future__ import annotations
 
-import heapq
-import ipaddress
 import math
-import re
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
-from fixedip.check.flows_read import InputStats
+from fixedip.check.flows_match import (
+    AddressInfo,
+    AddressSet,
+    classify_address,
+    format_time,
+    is_ip_literal,
+)
 from fixedip.policy.decision import Reason
-from fixedip.policy.guard import Guard, IPAddress, IPNetwork
-from fixedip.policy.rules import normalise_host, parse_rule
 
 DEFAULT_MAX_KEYS = 100_000
 MAX_ADDRESS_MEMO = 65_536
 MAX_SOURCES_PER_DESTINATION = 4
 MAX_ADDRESSES_PER_DESTINATION = 4
-# A file is bad input when nothing in it parsed, or when more than this many of its
-# lines and more than --max-malformed percent of them are malformed.
-TOLERATED_MALFORMED_LINES = 10
-DEFAULT_MAX_MALFORMED_PERCENT = 1.0
-
-OK, UNEXPECTED, BAD_INPUT, COULD_NOT_RUN = 0, 1, 2, 3
 
 TCP, UDP = "6", "17"
 PROTOCOL_NAMES = {"6": "tcp", "17": "udp", "1": "icmp", "58": "icmpv6", "-": "-"}
 GUARD_REASONS = frozenset({Reason.GUARD_DENIED.value, Reason.GUARD_LOOP.value})
-
-_GUARD = Guard()
-# Deny-list categories (the first word of a guard rule) of addresses a VPC routes to.
-_ROUTABLE_INSIDE = frozenset({"private", "cgnat", "unique-local"})
-_RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _is_ip_literal(host: str) -> bool:
-    return ":" in host or host.rpartition(".")[2].isdigit()
-
-
-def parse_time(text: str, now: float | None = None) -> float:
-    """Epoch seconds from ISO 8601 (UTC unless it says otherwise), epoch digits, or an
-    age such as `90m`, `24h`, `7d` (that long before `now`). ValueError says how to write it.
-    """
-    value = text.strip()
-    if value.isdigit():
-        return float(value)
-    relative = _RELATIVE.fullmatch(value)
-    if relative:
-        now = time.time() if now is None else now
-        return now - int(relative.group(1)) * _UNIT_S[relative.group(2)]
-    from datetime import UTC, datetime
-
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(
-            f"'{text}' is not a time: write 2024-05-01T12:00:00Z, 2024-05-01, "
-            "epoch seconds, or an age such as 24h or 7d"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def format_time(epoch_s: float | None) -> str | None:
-    """ISO 8601 in UTC, with milliseconds only when the time has a fraction."""
-    if epoch_s is None or not math.isfinite(epoch_s):
-        return None
-    whole = int(epoch_s // 1)
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    millis = round((epoch_s - whole) * 1000)
-    return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
-
-
-class AddressSet:
-    """Names, `*.suffix` globs and networks: what `--expect` and `--local` accept.
-
-    Names follow the allow rules (`*.example.com` is any depth of subdomain, never the
-    apex); an address or CIDR matches addresses, IPv4-mapped IPv6 judged as IPv4.
-    """
-
-    def __init__(self, values: Iterable[str] = ()) -> None:
-        self.text: list[str] = []
-        self.names: set[str] = set()
-        self.suffixes: list[str] = []
-        self.networks: list[IPNetwork] = []
-        self.everything = False
-        for raw in values:
-            for value in raw.split(","):
-                if value.strip():
-                    self._add(value.strip())
-
-    def _add(self, value: str) -> None:
-        self.text.append(value)
-        try:
-            self.networks.append(ipaddress.ip_network(value.strip("[]"), strict=False))
-            return
-        except ValueError:
-            pass
-        if "/" in value or _is_ip_literal(value):
-            raise ValueError(f"'{value}' is not a valid address or network")
-        try:
-            rule = parse_rule(f"{value}:*")
-        except ValueError as exc:
-            raise ValueError(str(exc).replace(":*'", "'")) from None
-        if rule.host == "*":
-            self.everything = True
-        elif rule.host is not None and rule.host.startswith("*."):
-            self.suffixes.append(rule.host[1:])
-        elif rule.host is not None:
-            self.names.add(rule.host)
-
-    def __bool__(self) -> bool:
-        return bool(self.text)
-
-    @property
-    def has_networks(self) -> bool:
-        return bool(self.networks) or self.everything
-
-    def matches_name(self, host: str) -> bool:
-        if self.everything:
-            return True
-        if _is_ip_literal(host):
-            return False
-        host = normalise_host(host)
-        return host in self.names or any(
-            len(host) > len(suffix) and host.endswith(suffix) for suffix in self.suffixes
-        )
-
-    def matches_address(self, address: IPAddress) -> bool:
-        if self.everything:
-            return True
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
-
-
-@dataclass(frozen=True, slots=True)
-class AddressInfo:
-    """What the analysis needs to know about one address, computed once (memoised)."""
-
-    internal: str | None  # the guard's deny-list entry, e.g. "metadata 169.254.169.254/32"
-    expected: bool
-    local: bool
-
-    @property
-    def reachable_inside(self) -> bool:
-        """A private address a public client may connect to (through a NAT or a load
-        balancer); metadata, link-local and loopback addresses never are."""
-        return self.internal is not None and self.internal.split(" ", 1)[0] in _ROUTABLE_INSIDE
 
 
 class Destination:
@@ -243,7 +113,9 @@ def destination_name(host: str, port: int, protocol: str) -> str:
     return f"{shown} ({name})"
 
 
-class _Counter:
+class Tally:
+    """Flows, bytes and first/last time of one source or one group of rejected flows."""
+
     __slots__ = ("bytes", "first", "flows", "last")
 
     def __init__(self, when: float) -> None:
@@ -283,8 +155,8 @@ class FlowAnalysis:
         )
         self.baseline_files: list[str] = []
         self.destinations: dict[tuple[str, int, str], Destination] = {}
-        self.sources: dict[str, _Counter] = {}
-        self.rejected: dict[tuple[str, str, str], _Counter] = {}
+        self.sources: dict[str, Tally] = {}
+        self.rejected: dict[tuple[str, str, str], Tally] = {}
         self._memo: dict[str, AddressInfo | None] = {}
         self._finding_overflow = 0
         self._internal_overflow = 0
@@ -323,17 +195,7 @@ class FlowAnalysis:
         info = memo.get(text, memo)
         if info is not memo:
             return info  # type: ignore[return-value]
-        try:
-            address = ipaddress.ip_address(text.strip("[]"))
-        except ValueError:
-            result = None
-        else:
-            verdict = _GUARD.vet(address, 0)
-            result = AddressInfo(
-                internal=None if verdict.reason is Reason.ALLOWED else verdict.rule,
-                expected=self.expect.matches_address(address),
-                local=bool(self.local) and self.local.matches_address(address),
-            )
+        result = classify_address(text, self.expect, self.local)
         if len(memo) >= MAX_ADDRESS_MEMO:
             memo.clear()
         memo[text] = result
@@ -448,7 +310,7 @@ class FlowAnalysis:
     # --- helpers --------------------------------------------------------------------
 
     def _host_expected(self, host: str) -> bool:
-        if _is_ip_literal(host):
+        if is_ip_literal(host):
             info = self.address(host)
             return info is not None and info.expected
         return self.expect.matches_name(host)
@@ -457,7 +319,7 @@ class FlowAnalysis:
         """(internal label, unexpected) for a new fixedip destination."""
         internal = None
         expected = False
-        if _is_ip_literal(host):
+        if is_ip_literal(host):
             info = self.address(host)
             if info is not None:
                 internal, expected = info.internal, info.expected
@@ -561,7 +423,7 @@ class FlowAnalysis:
             if len(self.sources) >= self.max_keys:
                 self.untracked_sources += 1
                 return
-            counter = self.sources[source] = _Counter(when)
+            counter = self.sources[source] = Tally(when)
         if not reply:
             counter.flows += 1
         counter.bytes += nbytes
@@ -576,7 +438,7 @@ class FlowAnalysis:
             if len(self.sources) >= self.max_keys:
                 self.untracked_sources += 1
                 return
-            counter = self.sources[source] = _Counter(when)
+            counter = self.sources[source] = Tally(when)
         counter.flows += 1
         counter.bytes += nbytes
         if when < counter.first:
@@ -591,7 +453,7 @@ class FlowAnalysis:
             if len(self.rejected) >= self.max_keys:
                 self.untracked_rejected += 1
                 return
-            counter = self.rejected[key] = _Counter(when)
+            counter = self.rejected[key] = Tally(when)
         counter.flows += 1
         if when < counter.first:
             counter.first = when
@@ -616,181 +478,6 @@ class FlowAnalysis:
         if rejected:
             self._reject(when, client, destination_name(server, port, protocol), "REJECT inbound")
 
-    # --- the report -----------------------------------------------------------------
-
-    def report(
-        self, inputs: list[InputStats], top: int, max_malformed_percent: float
-    ) -> dict[str, Any]:
-        """The whole result as JSON-ready data; `exit_code` and `status` included."""
-        dests = list(self.destinations.values())
-        unexpected = sorted((d for d in dests if d.unexpected), key=_by_flows)
-        # An internal address the operator listed in --expect is known, not a finding.
-        checked = bool(self.expect)
-        internal = sorted(
-            (d for d in dests if d.internal is not None and (d.unexpected or not checked)),
-            key=_by_flows,
-        )
-        new: list[Destination] = []
-        if self.baseline is not None:
-            baseline = self.baseline
-            new = sorted(
-                (d for d in dests if (d.host, d.port, d.protocol) not in baseline),
-                key=lambda d: (d.first, d.name),
-            )
-        input_rows = [_input_row(stats, max_malformed_percent) for stats in inputs]
-        bad = any(row["bad"] for row in input_rows)
-        found = bool(unexpected or internal or new or self.untracked_findings)
-        exit_code = BAD_INPUT if bad else (UNEXPECTED if found else OK)
-        cap_hit = bool(
-            self.untracked_records
-            or self.untracked_sources
-            or self.untracked_rejected
-            or self.baseline_truncated
-        )
-        return {
-            "status": {OK: "ok", UNEXPECTED: "unexpected", BAD_INPUT: "bad-input"}[exit_code],
-            "exit_code": exit_code,
-            "inputs": input_rows,
-            "checks": {
-                "expected": self.expect.text,
-                "local": self.local.text,
-                "since": format_time(self.since),
-                "baseline_until": format_time(self.baseline_until),
-                "baseline_files": self.baseline_files,
-            },
-            "totals": {
-                "records": sum(stats.records for stats in inputs),
-                "analysed": self.analysed,
-                "before_since": self.before_since,
-                "baseline_records": self.baseline_records,
-                "bytes": self.total_bytes,
-                "inbound_flows": self.inbound_flows,
-                "inbound_bytes": self.inbound_bytes,
-                "destinations": len(self.destinations),
-                "sources": len(self.sources),
-                "first": format_time(self.first),
-                "last": format_time(self.last),
-            },
-            "cap": {
-                "max_keys": self.max_keys,
-                "hit": cap_hit,
-                "untracked_records": self.untracked_records,
-                "untracked_bytes": self.untracked_bytes,
-                "untracked_findings": self.untracked_findings,
-                "untracked_sources": self.untracked_sources,
-                "untracked_rejected": self.untracked_rejected,
-                "baseline_truncated": self.baseline_truncated,
-            },
-            "unexpected_destinations": [d.to_dict() for d in unexpected],
-            "internal_destinations": [d.to_dict() for d in internal],
-            "new_destinations": [d.to_dict() for d in new],
-            "top_destinations_by_bytes": [
-                d.to_dict() for d in heapq.nlargest(top, dests, key=lambda d: (d.bytes, d.flows))
-            ],
-            "top_destinations_by_flows": [
-                d.to_dict() for d in heapq.nlargest(top, dests, key=lambda d: (d.flows, d.bytes))
-            ],
-            "top_sources_by_bytes": _top_sources(self.sources, top, by_bytes=True),
-            "top_sources_by_flows": _top_sources(self.sources, top, by_bytes=False),
-            "rejected": [
-                {
-                    "source": source,
-                    "destination": destination,
-                    "reason": reason,
-                    "flows": counter.flows,
-                    "first_seen": format_time(counter.first),
-                    "last_seen": format_time(counter.last),
-                }
-                for (source, destination, reason), counter in heapq.nlargest(
-                    top, self.rejected.items(), key=lambda item: item[1].flows
-                )
-            ],
-            "rejected_total": sum(c.flows for c in self.rejected.values())
-            + self.untracked_rejected,
-            "notes": self._notes(cap_hit),
-        }
-
-    def _notes(self, cap_hit: bool) -> list[str]:
-        notes = []
-        if not self.expect:
-            notes.append("no --expect given: destinations are not checked against an expected set")
-        elif not self.expect.has_networks:
-            notes.append(
-                "--expect names no address or CIDR: VPC Flow Logs carry addresses only, so "
-                "every VPC destination counts as unexpected"
-            )
-        if self.baseline is None:
-            notes.append(
-                "no baseline given (--baseline-until or --baseline): new destinations not checked"
-            )
-        if cap_hit:
-            notes.append(
-                f"the cap of {self.max_keys} tracked keys per table was hit: "
-                f"{self.untracked_records} records to further destinations are in the totals "
-                "but not listed; findings had a reserve of their own"
-                + (
-                    f" and {self.untracked_findings} finding records still went unlisted"
-                    if self.untracked_findings
-                    else ""
-                )
-                + "; raise --max-keys to list more"
-            )
-        if self.baseline_truncated:
-            notes.append(
-                "the baseline held more destinations than --max-keys: some destinations "
-                "reported as new may have been in the baseline"
-            )
-        return notes
-
-
-def _by_flows(d: Destination) -> tuple[int, int, str]:
-    return (-d.flows, -d.bytes, d.name)
-
 
 def _reason_text(reason: str, rule: str | None) -> str:
     return f"{reason} ({rule})" if rule else reason
-
-
-def _top_sources(sources: dict[str, _Counter], top: int, by_bytes: bool) -> list[dict[str, Any]]:
-    def key(item: tuple[str, _Counter]) -> tuple[int, int]:
-        c = item[1]
-        return (c.bytes, c.flows) if by_bytes else (c.flows, c.bytes)
-
-    return [
-        {
-            "source": source,
-            "flows": c.flows,
-            "bytes": c.bytes,
-            "first_seen": format_time(c.first),
-            "last_seen": format_time(c.last),
-        }
-        for source, c in heapq.nlargest(top, sources.items(), key=key)
-    ]
-
-
-def input_is_bad(stats: InputStats, max_malformed_percent: float) -> bool:
-    """Unreadable, nothing parsed, or malformed lines beyond the tolerance."""
-    if stats.error is not None:
-        return True
-    if stats.malformed and not stats.records and not (stats.nodata or stats.skipdata):
-        return True
-    return (
-        stats.malformed > TOLERATED_MALFORMED_LINES
-        and stats.malformed * 100.0 > max_malformed_percent * max(stats.lines, 1)
-    )
-
-
-def _input_row(stats: InputStats, max_malformed_percent: float) -> dict[str, Any]:
-    return {
-        "name": stats.name,
-        "format": stats.format,
-        "lines": stats.lines,
-        "records": stats.records,
-        "malformed": stats.malformed,
-        "nodata": stats.nodata,
-        "skipdata": stats.skipdata,
-        "not_flows": stats.not_flows,
-        "error": stats.error,
-        "bad": input_is_bad(stats, max_malformed_percent),
-        "examples": list(stats.examples),
-    }

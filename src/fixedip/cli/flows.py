@@ -16,17 +16,17 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fixedip.check.flows import (
+from fixedip.check.flows import DEFAULT_MAX_KEYS, FlowAnalysis
+from fixedip.check.flows_input import STDIN, InputStats
+from fixedip.check.flows_match import AddressSet, parse_time
+from fixedip.check.flows_read import read_input
+from fixedip.check.flows_render import render_json, render_markdown, render_table
+from fixedip.check.flows_report import (
     BAD_INPUT,
     COULD_NOT_RUN,
-    DEFAULT_MAX_KEYS,
     DEFAULT_MAX_MALFORMED_PERCENT,
-    AddressSet,
-    FlowAnalysis,
-    parse_time,
+    build_report,
 )
-from fixedip.check.flows_read import STDIN, InputStats, read_input
-from fixedip.check.flows_render import render_json, render_markdown, render_table
 
 app = typer.Typer(
     help="Analyse flow logs: fixedip's own flow log and AWS VPC Flow Logs.",
@@ -129,7 +129,7 @@ def analyze(
     try:
         analysis = _analysis(files, expect, since, baseline_until, baseline, local, max_keys)
         inputs = _read_all(analysis, files, baseline or [])
-        report = analysis.report(inputs, top, max_malformed)
+        report = build_report(analysis, inputs, top, max_malformed)
         if output is Format.JSON:
             typer.echo(render_json(report))
         elif output is Format.MARKDOWN:
