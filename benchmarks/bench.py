@@ -22,11 +22,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import facts, load, peers, report, tunnels
+from benchmarks import facts, load, peers, report, tls, tunnels
 from benchmarks.peers import BULK_PATH, HOST, REPO, Origin, Peer, say
 from benchmarks.procs import ForeignCpu, Proc, free_ports
 
-SCENARIOS = ["keepalive", "close", "connect_bulk", "plain_bulk", "idle_tunnels", "workers"]
+SCENARIOS = [
+    "keepalive",
+    "close",
+    "connect_bulk",
+    "plain_bulk",
+    "idle_tunnels",
+    "workers",
+    *tls.SCENARIOS,
+]
 WORKERS_KEYS = ["server.workers", "workers"]  # where `workers = N` may live (first accepted)
 BUSY_WARNING_SHARE = 0.10
 PAUSE_S = 1.0  # between runs: lets TIME_WAIT sockets and CPU settle
@@ -165,6 +173,7 @@ class Bench:
         self.token = ""
         self.token_hash = ""
         self.busy_before = 0.0
+        self.tls = tls.TlsBench(self, _best)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -386,9 +395,13 @@ class Bench:
             "plain_bulk": lambda: self.bulk("plain_bulk", tunnel=False),
             "idle_tunnels": self.idle_tunnels,
             "workers": self.workers,
+            "tls_keepalive": lambda: self.tls.requests("tls_keepalive", close=False),
+            "tls_close": lambda: self.tls.requests("tls_close", close=True),
+            "tls_connect_bulk": self.tls.connect_bulk,
         }
         for scenario in self.args.scenarios:
             steps[scenario]()
+        self.tls.stop()
 
     def document(self) -> dict[str, Any]:
         a = self.args

@@ -135,6 +135,7 @@ def curl_download(
     peer: Peer | None,
     tunnel: bool,
     max_time_s: float,
+    curl_args: list[str] | None = None,
 ) -> Measurement:
     """Download URL to /dev/null (through PEER, via CONNECT when TUNNEL); bytes/s.
 
@@ -157,6 +158,7 @@ def curl_download(
             argv += ["-U", f"{peer.user}:{peer.password}"]
         if tunnel:
             argv.append("-p")
+    argv += curl_args or []  # e.g. --proxy-cacert for a proxy reached over TLS
     argv.append(url)
     rss0 = peak = peer.proc.rss() if peer else 0
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

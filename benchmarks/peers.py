@@ -200,18 +200,25 @@ http {{
     return Origin(port, proc)
 
 
-def start_squid(tmp: Path, port: int) -> Peer:
-    """squid-openssl: plain forward proxy, no cache, no logs, localhost allowed, no auth."""
-    work = tmp / "squid"
+def start_squid(
+    tmp: Path, port: int, https: tuple[int, Path, Path] | None = None, name: str = "squid"
+) -> Peer:
+    """squid-openssl: plain forward proxy, no cache, no logs, localhost allowed, no auth.
+
+    HTTPS = (port, certificate, key) adds an `https_port`: the same proxy over TLS."""
+    work = tmp / name
     work.mkdir()
     if os.geteuid() == 0:
         # squid refuses to run as root and switches to Debian's cache_effective_user, proxy
         user = pwd.getpwnam("proxy")
         os.chown(work, user.pw_uid, user.pw_gid)
-    conf = tmp / "squid.conf"
+    conf = tmp / f"{name}.conf"
+    tls_port = (
+        f"https_port {HOST}:{https[0]} tls-cert={https[1]} tls-key={https[2]}\n" if https else ""
+    )
     conf.write_text(
         f"""http_port {HOST}:{port}
-visible_hostname fixedip-bench
+{tls_port}visible_hostname fixedip-bench
 http_access allow localhost
 http_access deny all
 cache deny all
@@ -233,10 +240,10 @@ dns_nameservers 127.0.0.1
     if check.returncode != 0:
         raise RuntimeError(f"squid rejected its config: {check.stderr.strip()[-400:]}")
     # -N: no daemon and no SMP kids, so the PID we start is the one that does the work
-    proc = Proc("squid", ["squid", "-N", "-f", str(conf)], tmp / "squid.out")
+    proc = Proc(name, ["squid", "-N", "-f", str(conf)], tmp / f"{name}.out")
     proc.start()
     proc.wait_listening(HOST, port)
-    return Peer("squid", port, proc)
+    return Peer(name, port, proc)
 
 
 def start_tinyproxy(tmp: Path, port: int, origin_port: int, max_clients: int) -> Peer:

@@ -136,6 +136,19 @@ def ratios(results: dict[str, Any], settings: dict[str, Any]) -> list[dict[str, 
     ratio("CONNECT bulk, fixedip ÷ squid", "connect_bulk", "bytes_per_s", "squid", 1.0)
     ratio("CONNECT bulk, fixedip ÷ direct", "connect_bulk", "bytes_per_s", "direct", 0.6)
     ratio("plain-forward bulk, fixedip ÷ direct", "plain_bulk", "bytes_per_s", "direct", 0.5)
+    # issue 12: the TLS listener against squid's https_port
+    ratio(
+        "TLS keep-alive req/s, fixedip ÷ squid https_port", "tls_keepalive", "req_s", "squid", 1.5
+    )
+    ratio(
+        "TLS keep-alive p99, fixedip ÷ squid https_port",
+        "tls_keepalive",
+        "p99_ms",
+        "squid",
+        1.0,
+        lower_is_better=True,
+    )
+    ratio("new TLS connection per request, fixedip ÷ squid", "tls_close", "req_s", "squid", 1.0)
 
     if "idle_tunnels" not in ran:
         return out
@@ -209,6 +222,7 @@ def markdown(doc: dict[str, Any]) -> str:
         *(_ratio_row(r) for r in doc["ratios"]),
         "",
     ]
+    lines += tls_table(doc["results"])
     workers = doc["results"].get("workers")
     if workers:
         lines += ["## fixedip workers (keep-alive, per CPU-second of the gateway)", ""]
@@ -238,6 +252,38 @@ def markdown(doc: dict[str, Any]) -> str:
     if notes:
         lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]
     return "\n".join(lines)
+
+
+def tls_table(results: dict[str, Any]) -> list[str]:
+    """The TLS listener against squid's https_port (issue 12), when those scenarios ran."""
+    ran = [s for s in ("tls_keepalive", "tls_close", "tls_connect_bulk") if results.get(s)]
+    if not ran:
+        return []
+    lines = [
+        "## Over TLS (fixedip's TLS listener, squid's `https_port`)",
+        "",
+        "| | keep-alive req/s | p99 | new TLS connection per request, req/s | "
+        "CONNECT bulk, TLS inside TLS |",
+        "|---|---|---|---|---|",
+    ]
+    for t in ("squid", "fixedip", "fixedip (plain listener)"):
+        ka = results.get("tls_keepalive", {}).get(t)
+        cells = [
+            f"**{t}**" if t == "fixedip" else t,
+            _cell(ka, rate, "req_s"),
+            _cell(ka, ms, "p99_ms"),
+            _cell(results.get("tls_close", {}).get(t), rate, "req_s"),
+            _cell(results.get("tls_connect_bulk", {}).get(t), throughput, "bytes_per_s"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "One certificate (ECDSA P-256) for both proxies and the TLS origin. The plain-listener "
+        "row is the same download with TLS inside a plain CONNECT tunnel: the cost of the "
+        "outer TLS layer is the difference.",
+        "",
+    ]
+    return lines
 
 
 def write(doc: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]:
