@@ -10,6 +10,7 @@ from fixedip.cli import check as check_cmd
 from fixedip.cli import config as config_cmd
 from fixedip.cli import flows as flows_cmd
 from fixedip.cli import ingress as ingress_cmd
+from fixedip.cli import ips as ips_cmd
 from fixedip.cli import plan as plan_cmd
 from fixedip.cli import serve as serve_cmd
 from fixedip.cli import status as status_cmd
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve_cmd.serve)
 app.command("status")(status_cmd.status)
+app.command("ips")(ips_cmd.ips)
 app.command("check")(check_cmd.check)
 app.add_typer(check_cmd.ranges_app, name="ranges")
 app.add_typer(config_cmd.app, name="config")

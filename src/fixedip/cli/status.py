@@ -1,8 +1,9 @@
-"""`fixedip status`: the egress pool as a running gateway sees it.
+"""`fixedip status`: the egress pool as a running gateway sees it; in a fleet, one table
+for every member (their egress IPs, floating EIPs and the shared quarantines).
 
 Reads the admin API's /egress. Exit codes follow the monitoring convention: 0 every IP
-up and nothing quarantined, 1 an IP down or quarantined for some destination, 3 the
-gateway could not be asked.
+up and nothing quarantined, 1 an IP down or quarantined for some destination (in a
+fleet also: a member gone, or the fleet degraded), 3 the gateway could not be asked.
 """
 
 from __future__ import annotations
@@ -60,12 +61,88 @@ def status(
         typer.echo(f"error: could not read {url}: {getattr(exc, 'reason', exc)}", err=True)
         raise typer.Exit(UNKNOWN) from None
     egress = data.get("egress", [])
+    fleet = data.get("fleet")
     if as_json:
         typer.echo(json.dumps(data, indent=2))
+    elif fleet:
+        _render_fleet(fleet)
     else:
         _render(egress)
     troubled = any(ip.get("state") != "up" or ip.get("quarantined_for") for ip in egress)
+    if fleet:
+        troubled = troubled or _fleet_troubled(fleet)
     raise typer.Exit(WARNING if troubled else OK)
+
+
+def _fleet_troubled(fleet: dict[str, Any]) -> bool:
+    members = fleet.get("members_seen") or []
+    down = any(
+        not m.get("alive") or not all(e.get("up") for e in m.get("egress", [])) for m in members
+    )
+    return bool(fleet.get("degraded") or fleet.get("quarantines") or down)
+
+
+def _render_fleet(fleet: dict[str, Any]) -> None:
+    """One table for the whole fleet: every member's egress IPs, the floating EIPs each
+    holds, and the quarantines (shared by all members)."""
+    quarantines: dict[str, list[dict[str, Any]]] = {}
+    for q in fleet.get("quarantines") or []:
+        quarantines.setdefault(str(q.get("egress")), []).append(q)
+    table = Table(title=f"fixedip fleet ({fleet.get('members', 0)} live member(s))")
+    for column in (
+        "member",
+        "egress IP",
+        "leaves as",
+        "state",
+        "destination",
+        "reason",
+        "retry in",
+    ):
+        table.add_column(column)
+    for member in fleet.get("members_seen") or []:
+        name = str(member.get("member", "?"))
+        alive = bool(member.get("alive"))
+        for ip in member.get("egress", []):
+            held = quarantines.get(str(ip.get("bind")), [])
+            state = "up" if ip.get("up") else "down"
+            if not alive:
+                state = "gone"
+            style = "green" if state == "up" and not held else "red" if state != "up" else "yellow"
+            if not held:
+                table.add_row(
+                    name,
+                    ip.get("bind", ""),
+                    ip.get("public", ""),
+                    f"[{style}]{state}[/]",
+                    "—",
+                    "",
+                    "",
+                )
+            for q in held:
+                table.add_row(
+                    name,
+                    ip.get("bind", ""),
+                    ip.get("public", ""),
+                    f"[{style}]quarantined[/]",
+                    str(q.get("host", "")),
+                    str(q.get("reason") or ""),
+                    f"{q.get('seconds_left', 0):.0f} s",
+                )
+        for eip in member.get("floating_eips") or []:
+            state = "[green]floating, held[/]" if alive else "[red]floating, holder gone[/]"
+            table.add_row(
+                name,
+                str(eip.get("allocation", "")),
+                str(eip.get("public") or ""),
+                state,
+                "—",
+                "",
+                "",
+            )
+    Console().print(table)
+    if fleet.get("degraded"):
+        reason = fleet.get("degraded_reason") or "Redis cannot be used"
+        Console(stderr=True).print(f"[yellow]fleet degraded at {fleet.get('member')}: {reason}[/]")
 
 
 def _render(egress: list[dict[str, Any]]) -> None:

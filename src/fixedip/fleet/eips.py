@@ -19,6 +19,7 @@ While Redis is unreachable nothing moves: holders keep their associations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import urllib.request
@@ -112,6 +113,10 @@ class FloatingEIPs:
         )
         for address in found.get("Addresses", []):
             self.public[address["AllocationId"]] = address["PublicIp"]
+        if not self.link.degraded:  # the allowlist holds every floating IP from the start
+            for alloc, public in self.public.items():
+                with contextlib.suppress(StoreUnavailable):
+                    await self.membership.add_ip(public, {"kind": "floating", "allocation": alloc})
 
     async def run(self) -> None:
         while not self.stopping:
@@ -194,6 +199,8 @@ class FloatingEIPs:
         """Name a peer for each held EIP and release the leases (graceful shutdown)."""
         self.stopping = True
         link = self.link
+        with contextlib.suppress(StoreUnavailable):
+            await self.membership.refresh()  # a peer that joined since the last heartbeat
         peers = self.membership.live_peers()
         if not peers or link.degraded:
             if self.held:

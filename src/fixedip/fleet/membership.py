@@ -44,6 +44,11 @@ class Membership:
                 ip["public"],
                 json.dumps({"kind": "static", "member": link.member_id, "bind": ip["bind"]}),
             )
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Read every member's record and count the live ones."""
+        link = self.link
         raw = await link.call("HGETALL", self._members)
         records = []
         items = raw if isinstance(raw, list) else []

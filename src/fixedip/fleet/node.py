@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -76,10 +77,14 @@ class FleetNode:
                 await task
         self._tasks.clear()
         if not self.link.degraded:
-            with contextlib.suppress(StoreUnavailable, ReplyError):
+            try:
                 if self.eips is not None:
                     await self.eips.handoff()
                 await self.membership.leave()
+            except (StoreUnavailable, ReplyError):
+                pass
+            except Exception:  # never keep a stopping gateway from exiting
+                log.exception("fleet: leaving the fleet failed")
         self.link.redis.close()
 
     async def _loop(self) -> None:
@@ -88,8 +93,12 @@ class FleetNode:
             if self.link.degraded:
                 await self.link.try_join()  # runs the heartbeat as part of re-joining
                 continue
-            with contextlib.suppress(StoreUnavailable, ReplyError):
+            try:
                 await self._heartbeat()
+            except (StoreUnavailable, ReplyError):
+                pass  # link.call degraded the member; the next round re-joins
+            except Exception:  # a bug must not stop the heartbeat for good
+                log.exception("fleet: heartbeat failed")
 
     async def _heartbeat(self) -> None:
         await self.membership.beat()
@@ -117,7 +126,23 @@ class FleetNode:
             "members_seen": self.membership.members,
             "floating_eips": self.eips.snapshot() if self.eips is not None else [],
             "slots_held": self.limits.held(),
+            "quarantines": self._quarantines(),
         }
+
+    def _quarantines(self) -> list[dict[str, Any]]:
+        """Quarantines in force for the fleet (they are shared), any member's egress IPs."""
+        now = time.monotonic()
+        return [
+            {
+                "egress": q.egress,
+                "host": q.host,
+                "reason": q.reason,
+                "seconds_left": round(max(0.0, q.until - now), 1),
+                "awaiting_canary": q.awaiting_canary,
+            }
+            for q in self.health.all()
+            if q.until > now or q.awaiting_canary
+        ]
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         self._gauges = {

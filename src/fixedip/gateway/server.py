@@ -113,7 +113,7 @@ class Gateway:
 
     def _member_record(self) -> dict[str, Any]:
         """What this member announces to the fleet every heartbeat."""
-        addresses = self.addresses()
+        admin = self.runtime.config.listen.admin
         return {
             "egress": [
                 {"bind": s.bind_text, "public": s.public_text, "up": s.up}
@@ -121,7 +121,7 @@ class Gateway:
             ],
             "state": "draining" if self.draining else "serving",
             "draining": self.draining,
-            "admin": "{}:{}".format(*addresses["admin"]) if "admin" in addresses else None,
+            "admin": f"{admin.host}:{self.admin.port}" if admin and self.admin else None,
             "pid": os.getpid(),
             "floating_eips": self.fleet.eips.snapshot() if self.fleet and self.fleet.eips else [],
         }
