@@ -42,6 +42,7 @@ log = logging.getLogger("fixedip.ingress")
 POLL_S = 0.5
 ATTEMPT_HEADER = "Fixedip-Attempt"
 MAX_ERROR_CHARS = 200
+MAX_ANSWER_BYTES = 65536  # of a target's answer body, read only to reuse the connection
 RETRY_STATUSES = frozenset({408, 429})
 # A target's Retry-After is honoured even beyond retry_max_s, up to this bound.
 RETRY_AFTER_CAP_S = 86400.0
@@ -203,8 +204,7 @@ class Deliverer:
                 timeout=aiohttp.ClientTimeout(total=config.timeout_s),
                 ssl=route.ssl_context,
             ) as response:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    await response.content.readany()
+                await _drain(response)
                 return classify(response.status, response.headers.get("Retry-After")), started
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             text = str(exc) or type(exc).__name__
@@ -242,9 +242,8 @@ class Deliverer:
             # Still 'delivering' on disk: the next start delivers it again.
             log.error("could not record the outcome of %s: %s", record.id, exc)
         self._claimed.pop(record.id, None)
-        {DELIVERED: self.metrics.delivered, RETRY: self.metrics.retries, DEAD: self.metrics.dead}[
-            state
-        ].labels(config.path).inc()
+        counters = self.metrics.route(config.path)
+        {DELIVERED: counters.delivered, RETRY: counters.retries, DEAD: counters.dead}[state].inc()
         if state == DEAD:
             log.warning(
                 "webhook %s on %s is dead after %d attempts: %s",
@@ -275,6 +274,18 @@ class Deliverer:
         self._claimed.clear()
         if self._session is not None:
             await self._session.close()
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read (and drop) a bounded answer body, so the connection goes back to the pool;
+    a longer one is left unread and its connection closed."""
+    left = MAX_ANSWER_BYTES
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        while left > 0:
+            chunk = await response.content.read(left)
+            if not chunk:
+                return
+            left -= len(chunk)
 
 
 def _attempt_record(

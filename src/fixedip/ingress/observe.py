@@ -73,6 +73,16 @@ def receipt_record(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RouteMetrics:
+    received: Any
+    spooled: Any
+    duplicates: Any
+    delivered: Any
+    retries: Any
+    dead: Any
+
+
 class IngressMetrics:
     """`fixedip_ingress_*` counters and gauges, labelled by route path."""
 
@@ -131,6 +141,21 @@ class IngressMetrics:
             buckets=ACK_BUCKETS_S,
             registry=registry,
         )
+        self._routes: dict[str, RouteMetrics] = {}
+
+    def route(self, path: str) -> RouteMetrics:
+        """The counters of one route, looked up once (labels() is slow on the hot path)."""
+        children = self._routes.get(path)
+        if children is None:
+            children = self._routes[path] = RouteMetrics(
+                received=self.received.labels(path),
+                spooled=self.spooled.labels(path),
+                duplicates=self.duplicates.labels(path),
+                delivered=self.delivered.labels(path),
+                retries=self.retries.labels(path),
+                dead=self.dead.labels(path),
+            )
+        return children
 
     def set_spool(self, stats: dict[str, Any], now: float) -> None:
         for state, count in stats["counts"].items():

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -39,14 +39,26 @@ log = logging.getLogger("fixedip.ingress")
 
 SPOOL_RETRY_AFTER_S = 30
 READ_CHUNK_BYTES = 65536
+MAX_CACHED_SOURCES = 4096
+JSON = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
 class ReceiveRoute:
-    """A route as the receiver uses it: its settings and a ready verifier."""
+    """A route as the receiver uses it: its settings, a ready verifier, and the verdicts
+    on source addresses seen so far (vendors send from a few addresses, again and again)."""
 
     config: IngressRouteConfig
     verifier: Verifier
+    sources: dict[str, bool] = field(default_factory=dict)
+
+    def allows(self, peer: str) -> bool:
+        verdict = self.sources.get(peer)
+        if verdict is None:
+            if len(self.sources) >= MAX_CACHED_SOURCES:
+                self.sources.clear()
+            verdict = self.sources[peer] = _allowed(peer, self.config)
+        return verdict
 
 
 class Receiver:
@@ -78,8 +90,9 @@ class Receiver:
             return self._refuse(start, peer, request.method, raw_path, 404, "unknown_path", 0)
         config = route.config
         path = config.path
-        self.metrics.received.labels(path).inc()
-        if not _allowed(peer, config):
+        counters = self.metrics.route(path)
+        counters.received.inc()
+        if not route.allows(peer):
             return self._refuse(start, peer, request.method, path, 403, "source_not_allowed", 0)
         body = await _read_body(request, config.max_body_bytes)
         if body is None:
@@ -93,7 +106,7 @@ class Receiver:
         if key is not None:
             original = await self.receipts.seen(key)
             if original is not None:
-                self.metrics.duplicates.labels(path).inc()
+                counters.duplicates.inc()
                 self._log(start, peer, request.method, path, 200, DUPLICATE, len(body), original)
                 return _json(200, {"id": original, "duplicate": True})
         record = SpoolRecord(
@@ -116,11 +129,11 @@ class Receiver:
             return self._unavailable(start, peer, request.method, path, "spool_error", len(body))
         if key is not None:
             await self.receipts.add(key, record.id, self.dedupe_ttl_s)
-        self.metrics.spooled.labels(path).inc()
+        counters.spooled.inc()
         self.on_spooled(path)
         self.metrics.ack_seconds.observe(time.time() - start)
         self._log(start, peer, request.method, path, 200, ACCEPTED, len(body), record.id)
-        return _json(200, {"id": record.id})
+        return web.Response(body=b'{"id":"%s"}' % record.id.encode(), content_type=JSON)
 
     def _refuse(
         self, start: float, peer: str, method: str, path: str, status: int, reason: str, size: int
@@ -181,6 +194,4 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytes | None:
 
 
 def _json(status: int, payload: dict[str, object]) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps(payload).encode(), content_type="application/json"
-    )
+    return web.Response(status=status, body=json.dumps(payload).encode(), content_type=JSON)
