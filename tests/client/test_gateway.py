@@ -194,11 +194,6 @@ def test_a_single_gateway_is_used_without_probing() -> None:
     assert Gateway(down).url == down
 
 
-def test_urllib_cannot_use_a_tls_gateway() -> None:
-    with pytest.raises(ConfigurationError, match="urllib cannot speak TLS"):
-        Gateway("https://billing:t@10.0.0.1:3129").urllib_opener()
-
-
 def test_boto3_config_carries_the_proxy_and_the_gateway_ca(ca_file: Path) -> None:
     config = Gateway(URL).boto3_config(region_name="eu-west-1")
     assert config.proxies == {"http": URL, "https": URL}

@@ -322,16 +322,21 @@ class Gateway:
     def urllib_opener(self, *handlers: urllib.request.BaseHandler) -> urllib.request.OpenerDirector:
         """A `urllib.request` opener whose requests go through the gateway.
 
-        urllib cannot speak TLS to a proxy, so an https:// gateway is refused here.
+        urllib's own ProxyHandler cannot speak TLS to a proxy; for an https:// gateway the
+        opener uses the SDK's handler instead, which verifies the gateway against `ca`
+        (and https:// vendors against the system's trust store), never plain text.
         """
         import urllib.request
 
         endpoint = self._choose()
         if endpoint.tls:
-            raise ConfigurationError(
-                f"urllib cannot speak TLS to a proxy ({endpoint.redacted}): use requests, "
-                "httpx, aiohttp or boto3 with an https:// gateway"
+            from fixedip.client._urllib import GatewayTLSHandler
+
+            gateway = GatewayTLSHandler(
+                endpoint.host, endpoint.port, endpoint.authorization(), self._gateway_tls()
             )
+            # An empty ProxyHandler replaces the default one, which would follow *_PROXY.
+            return urllib.request.build_opener(urllib.request.ProxyHandler({}), gateway, *handlers)
         proxy = urllib.request.ProxyHandler({"http": endpoint.url, "https": endpoint.url})
         return urllib.request.build_opener(proxy, *handlers)
 
