@@ -27,8 +27,16 @@ run: install
 # The suite runs inside a fresh network namespace that holds only loopback
 # (scripts/isolated: `unshare --net`, then `ip link set lo up`), so a test that expects a
 # refusal can never put a packet on a real network (see docs/testing.md).
-test: install-dev lint
+test: install-dev lint .venv-checkov/.installed
 	scripts/isolated $(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+# checkov (for the Terraform that `fixedip render` writes) in a venv of its own: it pins
+# its own boto3 and ships a second `hcl2` module. tests/render runs it with --skip-download.
+.venv-checkov/.installed:
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet --upgrade pip
+	.venv-checkov/bin/pip install --quiet checkov
+	touch $@
 
 lint: install-dev
 	$(BIN)/ruff check src tests examples benchmarks/client_import.py
@@ -55,4 +63,4 @@ fmt: install-dev
 	$(BIN)/ruff check --fix src tests examples benchmarks/client_import.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,179 @@
+"""The gateway VM's first-boot script, run for real under bash with stand-ins for what
+only an EC2 instance has (dnf, the metadata service, systemd, the AWS CLI); the
+configuration it writes must load with fixedip's own loader."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fixedip.config import parse
+from fixedip.plan.render import RenderParams, render, userdata
+
+BASH_TIMEOUT_S = 60
+TOKEN_HASH = "scrypt$14$8$1$F5bpy2iVo5ffEXRi5RkrFg$-jJWqU1I0xu-QCIao_szSg84DPKlKuFh0sWoxBiwxEU"
+# What the stand-in metadata service reports: public Elastic IP -> private address.
+ASSOCIATIONS = {"198.18.0.7": "198.19.0.10", "198.18.0.8": "198.19.0.11"}
+PATHS = ("/etc/fixedip", "/opt/fixedip", "/etc/systemd/system", "/var/lib/fixedip")
+
+STUB_HEAD = '#!/bin/bash\necho "$(basename "$0") $*" >> "@LOG@"\n'
+STUBS = {
+    "dnf": "",
+    "useradd": "",
+    "chgrp": "",
+    "systemctl": "",
+    "aws": "",
+    "sleep": "",
+    "id": "exit 1\n",
+    "install": 'mkdir -p "${@: -1}"\n',
+    # `python3.11 -m venv DIR`: a venv whose pip only logs and whose fixedip writes the
+    # files `fixedip tls selfsigned` writes.
+    "python3.11": (
+        'mkdir -p "$3/bin"\n'
+        'printf \'#!/bin/bash\\necho "pip $*" >> "@LOG@"\\n\' > "$3/bin/pip"\n'
+        "cat > \"$3/bin/fixedip\" <<'STUB'\n"
+        "#!/bin/bash\n"
+        'echo "fixedip $*" >> "@LOG@"\n'
+        'while [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; shift; done\n'
+        'mkdir -p "$out" && touch "$out/fullchain.pem" "$out/privkey.pem" "$out/ca.pem"\n'
+        "STUB\n"
+        'chmod +x "$3/bin/pip" "$3/bin/fixedip"\n'
+    ),
+    "curl": (
+        'url="${@: -1}"\n'
+        'case "$url" in\n'
+        "  */api/token) echo token ;;\n"
+        "  */meta-data/mac) echo 0a:00:00:00:00:01 ;;\n"
+        "  */meta-data/instance-id) echo i-0123456789abcdef0 ;;\n"
+        "  */ipv4-associations/) printf '%s\\n' @PUBLICS@ ;;\n"
+        '  */ipv4-associations/*) case "${url##*/}" in @CASES@ esac ;;\n'
+        "  *) exit 22 ;;\n"
+        "esac\n"
+    ),
+}
+
+VALUES = {
+    "Region": "eu-west-1",
+    "ClientName": "billing",
+    "ClientTokenHash": TOKEN_HASH,
+    "Allow": "api.vendor.example:443 *.stripe.com:443",
+}
+
+
+def cloudformation_script(values: dict[str, str], **params: Any) -> str:
+    """The user-data as CloudFormation hands it to the instance (Fn::Sub applied)."""
+    rendered = render("fixedip-vm", "cloudformation", RenderParams(**params))
+    template = yaml.safe_load(rendered.files["template.yaml"])
+    user_data = template["Resources"]["GatewayInstance"]["Properties"]["UserData"]
+    text, variables = user_data["Fn::Base64"]["Fn::Sub"]
+    assert set(variables) <= set(values)
+    return re.sub(r"\$\{([A-Za-z]+)\}", lambda m: values[m.group(1)], text).replace("${!", "${")
+
+
+def terraform_script(values: dict[str, str], **params: Any) -> str:
+    """The user-data as Terraform interpolates it."""
+    text = render("fixedip-vm", "terraform", RenderParams(**params)).files["main.tf"].decode()
+    body = re.search(r"user_data += <<-EOT\n(.*?)\n +EOT\n", text, re.S)
+    assert body
+    lines = body.group(1).split("\n")
+    indent = min(len(line) - len(line.lstrip()) for line in lines if line.strip())
+    script = "\n".join(line[indent:] for line in lines) + "\n"
+    names = {
+        "var.region": "Region",
+        "var.client_name": "ClientName",
+        "var.client_token_hash": "ClientTokenHash",
+        "var.allow": "Allow",
+    }
+    script = re.sub(r"(?<!\$)\$\{([a-z_.]+)\}", lambda m: values[names[m.group(1)]], script)
+    return script.replace("$${", "${").replace("%%{", "%{")
+
+
+def run_bootstrap(script: str, root: Path) -> list[str]:
+    """Run `script` with its absolute paths moved under `root`; returns the stubs' calls."""
+    for path in PATHS:
+        script = script.replace(path, f"{root}{path}")
+    (root / "etc/systemd/system").mkdir(parents=True)  # exists on every instance
+    bin_dir = root / "bin"
+    bin_dir.mkdir(parents=True)
+    log = root / "calls.log"
+    cases = " ".join(f"{public}) echo {private} ;;" for public, private in ASSOCIATIONS.items())
+    for name, body in STUBS.items():
+        text = (STUB_HEAD + body).replace("@LOG@", str(log))
+        text = text.replace("@PUBLICS@", " ".join(ASSOCIATIONS)).replace("@CASES@", cases)
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (root / "user-data.sh").write_text(script)
+    result = subprocess.run(
+        ["bash", str(root / "user-data.sh")],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        timeout=BASH_TIMEOUT_S,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return log.read_text().splitlines()
+
+
+def test_terraform_and_cloudformation_hand_the_instance_the_same_script() -> None:
+    assert terraform_script(VALUES, ips=2) == cloudformation_script(VALUES, ips=2)
+
+
+def test_the_script_is_valid_bash() -> None:
+    script = cloudformation_script(VALUES)
+    subprocess.run(["bash", "-n"], input=script.encode(), check=True, timeout=BASH_TIMEOUT_S)
+
+
+def test_bootstrap_writes_a_configuration_fixedip_loads(tmp_path: Path) -> None:
+    run_bootstrap(cloudformation_script(VALUES, ips=2), tmp_path)
+    config_file = tmp_path / "etc/fixedip/fixedip.toml"
+    config = parse(config_file.read_text(), str(config_file))
+    assert config.listen.https is not None
+    assert config.listen.https.port == 3129
+    assert str(config.listen.http.host) == "127.0.0.1"
+    assert config.tls is not None
+    assert config.tls.cert == f"{tmp_path}/etc/fixedip/tls/fullchain.pem"
+    pairs = {(str(ip.bind), str(ip.public)) for ip in config.egress.ips}
+    assert pairs == {(private, public) for public, private in ASSOCIATIONS.items()}
+    (client,) = config.clients
+    assert client.name == "billing"
+    assert client.token_hash == [TOKEN_HASH]
+    assert client.allow == ["api.vendor.example:443", "*.stripe.com:443"]
+
+
+def test_bootstrap_installs_fixedip_makes_the_certificate_and_starts_the_service(
+    tmp_path: Path,
+) -> None:
+    calls = run_bootstrap(cloudformation_script(VALUES, ips=2), tmp_path)
+    version = RenderParams().fixedip_version
+    assert f"pip install --quiet fixedip[server]=={version}" in calls
+    (selfsigned,) = [c for c in calls if c.startswith("fixedip tls selfsigned")]
+    words = shlex.split(selfsigned)
+    assert words[words.index("--name") + 1] == "gateway.fixedip.internal"
+    ips = [words[i + 1] for i, word in enumerate(words) if word == "--ip"]
+    assert sorted(ips) == sorted([*ASSOCIATIONS, *ASSOCIATIONS.values()])
+    assert any(
+        c.startswith("aws ssm put-parameter --region eu-west-1 --name /fixedip/fixedip/ca-pem")
+        for c in calls
+    )
+    assert "systemctl enable --now fixedip.service" in calls
+    unit = (tmp_path / "etc/systemd/system/fixedip.service").read_text()
+    assert f"ExecStart={tmp_path}/opt/fixedip/bin/fixedip serve --config " in unit
+    assert "User=fixedip" in unit
+
+
+def test_without_a_token_hash_the_gateway_starts_with_no_client(tmp_path: Path) -> None:
+    run_bootstrap(cloudformation_script({**VALUES, "ClientTokenHash": ""}), tmp_path)
+    config_file = tmp_path / "etc/fixedip/fixedip.toml"
+    assert parse(config_file.read_text(), str(config_file)).clients == []
+
+
+@pytest.mark.parametrize("bad", ['x" ; rm -rf /', "a'b", "$(reboot)", "`id`"])
+def test_allow_rules_that_could_break_out_of_the_script_are_refused(bad: str) -> None:
+    assert not re.match(userdata.ALLOW_PATTERN, bad)
