@@ -3,12 +3,14 @@ talkers and rejected flows, from VPC Flow Logs and fixedip's flow log fixtures."
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from fixedip.check.flows import FlowAnalysis
-from fixedip.check.flows_match import AddressSet, parse_time
+from fixedip.check.flows_match import AddressSet, classify_address, parse_time
 from fixedip.check.flows_report import build_report
-from fixedip.policy.guard import DEFAULT_DENY
+from fixedip.policy.decision import Reason
+from fixedip.policy.guard import DEFAULT_DENY, Guard
 from tests.check.flows_helpers import (
     BASELINE_END,
     GATEWAY_LOG,
@@ -40,6 +42,27 @@ def test_internal_labels_come_from_the_guard_deny_list() -> None:
         label, network = d["internal"].split(" ")
         assert label in labels
         assert any(str(net) == network for net, _ in DEFAULT_DENY)
+
+
+def test_the_ipv4_fast_path_agrees_with_the_guard_everywhere() -> None:
+    guard, expect = Guard(), AddressSet(["52.0.0.0/8", "10.1.0.0/16", "100.64.0.1"])
+    samples = [
+        f"{octet}.{rest}"
+        for octet in range(256)
+        for rest in ("0.0.0", "255.255.255", "64.1.2", "168.1.1", "254.169.254", "18.0.1", "0.2.1")
+    ]
+    for network, _ in DEFAULT_DENY:
+        if network.version == 4:
+            low, high = int(network.network_address), int(network.broadcast_address)
+            edges = (low - 1, low, high, high + 1)
+            samples += [str(ipaddress.IPv4Address(v)) for v in edges if 0 <= v < 2**32]
+    for text in samples:
+        address = ipaddress.ip_address(text)
+        verdict = guard.vet(address, 0)
+        info = classify_address(text, expect, AddressSet())
+        assert info is not None
+        assert info.internal == (None if verdict.reason is Reason.ALLOWED else verdict.rule), text
+        assert info.expected == expect.matches_address(address), text
 
 
 def test_gateway_guard_refusals_are_internal_even_for_host_names() -> None:

@@ -164,7 +164,10 @@ class FlowAnalysis:
         self.baseline_records = 0
         self.baseline_truncated = False
         self.analysed = 0
-        self.total_bytes = 0
+        self._other_bytes = 0
+        self._other_first = math.inf
+        self._other_last = -math.inf
+        self._spare = Tally(0.0)
         self.inbound_flows = 0
         self.inbound_bytes = 0
         self.untracked_records = 0
@@ -172,8 +175,21 @@ class FlowAnalysis:
         self.untracked_findings = 0
         self.untracked_sources = 0
         self.untracked_rejected = 0
-        self.first: float = math.inf
-        self.last: float = -math.inf
+
+    @property
+    def total_bytes(self) -> int:
+        return self._other_bytes + sum(d.bytes for d in self.destinations.values())
+
+    @property
+    def first(self) -> float:
+        """The earliest analysed record's time (inf when there is none)."""
+        dests = self.destinations.values()
+        return min(self._other_first, min((d.first for d in dests), default=math.inf))
+
+    @property
+    def last(self) -> float:
+        dests = self.destinations.values()
+        return max(self._other_last, max((d.last for d in dests), default=-math.inf))
 
     # --- phases ---------------------------------------------------------------------
 
@@ -214,37 +230,48 @@ class FlowAnalysis:
         rejected: bool,
     ) -> bool:
         """One VPC Flow Logs record; False when an address field is not an address."""
+        # The hot path: one call per record, counting inline (a call costs as much).
         if start < self._since:
             self.before_since += 1
             return True
-        reply = srcport < dstport and protocol in (TCP, UDP)
-        if reply:
-            server, client, port = src, dst, srcport
+        if srcport < dstport and protocol in (TCP, UDP):
+            server, client, port, reply = src, dst, srcport, True
         else:
-            server, client, port = dst, src, dstport
+            server, client, port, reply = dst, src, dstport, False
         key = (server, port, protocol)
         if start < self._baseline_before:
             return self._to_baseline(key, server, client)
         d = self.destinations.get(key)
-        if client not in self.sources and self.address(client) is None:
-            return False
         if d is None or d.internal is not None:
-            server_info = self.address(server)
-            client_info = self.address(client)
-            if server_info is None or client_info is None:
+            found = self._vpc_destination(d, key, start, client, nbytes, rejected, reply)
+            if isinstance(found, bool):
+                return found
+            d = found
+        tally = self.sources.get(client)
+        if tally is None:
+            if self.address(client) is None:
                 return False
-            if server_info.local or (server_info.reachable_inside and client_info.internal is None):
-                self._inbound(start, client, server, port, protocol, nbytes, rejected, reply)
-                return True
-            if d is None:
-                unexpected = bool(self.expect) and not server_info.expected
-                d = self._admit(key, start, nbytes, unexpected, server_info.internal)
-                if d is None:
-                    return True
-                d.internal = server_info.internal
-                d.unexpected = unexpected
-        self._count(d, start, client, nbytes, packets, rejected, reply)
+            tally = self._new_source(client, start)
+        self.analysed += 1
+        if not reply:
+            d.flows += 1
+            tally.flows += 1
+        d.bytes += nbytes
+        d.packets += packets
+        tally.bytes += nbytes
+        if start > d.last:
+            d.last = start
+        elif start < d.first:
+            d.first = start
+        if start > tally.last:
+            tally.last = start
+        elif start < tally.first:
+            tally.first = start
+        sources = d.sources
+        if len(sources) < MAX_SOURCES_PER_DESTINATION and client not in sources:
+            sources.append(client)
         if rejected:
+            d.rejected += 1
             self._reject(start, client, d.name, "REJECT")
         return True
 
@@ -264,48 +291,157 @@ class FlowAnalysis:
         if when < self._since:
             self.before_since += 1
             return True
+        if host is None:
+            return self._no_destination(when, source, resolved, nbytes, denied, reason, rule)
+        key = (host, port, TCP)
+        if when < self._baseline_before:
+            if resolved is not None and self.address(resolved) is None:
+                return False
+            return self._to_baseline(key, None, None)
+        d = self.destinations.get(key)
+        if d is None:
+            found = self._gateway_destination(key, when, host, resolved, nbytes, reason, rule)
+            if isinstance(found, bool):
+                return found
+            d = found
+        elif (
+            resolved is not None
+            and resolved not in d.addresses
+            and not self._see_address(d, host, resolved)
+        ):
+            return False
+        if d.internal is None and reason in GUARD_REASONS:
+            d.internal = rule or reason
+        tally = self.sources.get(source) or self._new_source(source, when)
+        self.analysed += 1
+        d.flows += 1
+        tally.flows += 1
+        d.bytes += nbytes
+        tally.bytes += nbytes
+        if when > d.last:
+            d.last = when
+        elif when < d.first:
+            d.first = when
+        if when > tally.last:
+            tally.last = when
+        elif when < tally.first:
+            tally.first = when
+        sources = d.sources
+        if len(sources) < MAX_SOURCES_PER_DESTINATION and source not in sources:
+            sources.append(source)
+        if denied:
+            d.rejected += 1
+            self._reject(when, source, d.name, _reason_text(reason, rule))
+        return True
+
+    # --- the slower paths: new keys, internal addresses, inbound, baseline -----------
+
+    def _vpc_destination(
+        self,
+        d: Destination | None,
+        key: tuple[str, int, str],
+        start: float,
+        client: str,
+        nbytes: int,
+        rejected: bool,
+        reply: bool,
+    ) -> Destination | bool:
+        """The entry for a new or internal VPC destination, or True when the record was
+        handled here (inbound, untracked), or False when an address is malformed."""
+        server_info = self.address(key[0])
+        client_info = self.address(client)
+        if server_info is None or client_info is None:
+            return False
+        if server_info.local or (server_info.reachable_inside and client_info.internal is None):
+            self._window(start, nbytes)
+            if not reply:
+                self.inbound_flows += 1
+            self.inbound_bytes += nbytes
+            if rejected:
+                name = destination_name(*key)
+                self._reject(start, client, name, "REJECT inbound")
+            return True
+        if d is not None:
+            return d
+        unexpected = bool(self.expect) and not server_info.expected
+        d = self._admit(key, start, nbytes, unexpected, server_info.internal)
+        if d is None:
+            return True
+        d.internal = server_info.internal
+        d.unexpected = unexpected
+        return d
+
+    def _gateway_destination(
+        self,
+        key: tuple[str, int, str],
+        when: float,
+        host: str,
+        resolved: str | None,
+        nbytes: int,
+        reason: str,
+        rule: str | None,
+    ) -> Destination | bool:
         resolved_info = None
         if resolved is not None:
             resolved_info = self.address(resolved)
             if resolved_info is None:
                 return False
-        if host is None:  # refused before a destination was known (e.g. bad auth)
-            if when >= self._baseline_before:
-                self._window(when, nbytes)
-                self._source(when, source, nbytes)
-                if denied:
-                    self._reject(when, source, "-", _reason_text(reason, rule))
-            else:
-                self.baseline_records += 1
-            return True
-        key = (host, port, TCP)
-        if when < self._baseline_before:
-            return self._to_baseline(key, None, None)
-        d = self.destinations.get(key)
-        guard_label = (rule or reason) if reason in GUARD_REASONS else None
+        internal, unexpected = self._judge_host(host, resolved_info)
+        if reason in GUARD_REASONS:
+            internal = rule or reason
+        d = self._admit(key, when, nbytes, unexpected, internal)
         if d is None:
-            internal, unexpected = self._judge_host(host, resolved_info)
-            internal = guard_label or internal
-            d = self._admit(key, when, nbytes, unexpected, internal)
-            if d is None:
-                return True
-            d.internal, d.unexpected = internal, unexpected
-            if resolved is not None:
-                d.addresses.append(resolved)
-        else:
-            if guard_label is not None and d.internal is None:
-                d.internal = guard_label
-            if resolved_info is not None and resolved not in d.addresses:
-                if resolved_info.internal is not None and d.internal is None:
-                    d.internal = resolved_info.internal
-                if d.unexpected is False and self.expect and not self._host_expected(host):
-                    d.unexpected = not resolved_info.expected
-                if len(d.addresses) < MAX_ADDRESSES_PER_DESTINATION:
-                    d.addresses.append(resolved)  # type: ignore[arg-type]
-        self._count(d, when, source, nbytes, 0, denied, False)
-        if denied:
-            self._reject(when, source, d.name, _reason_text(reason, rule))
+            return True
+        d.internal, d.unexpected = internal, unexpected
+        if resolved is not None:
+            d.addresses.append(resolved)
+        return d
+
+    def _see_address(self, d: Destination, host: str, resolved: str) -> bool:
+        """A destination name resolved to an address not seen for it before."""
+        info = self.address(resolved)
+        if info is None:
+            return False
+        if info.internal is not None and d.internal is None:
+            d.internal = info.internal
+        if not d.unexpected and self.expect and not self._host_expected(host):
+            d.unexpected = not info.expected
+        if len(d.addresses) < MAX_ADDRESSES_PER_DESTINATION:
+            d.addresses.append(resolved)
         return True
+
+    def _no_destination(
+        self,
+        when: float,
+        source: str,
+        resolved: str | None,
+        nbytes: int,
+        denied: bool,
+        reason: str,
+        rule: str | None,
+    ) -> bool:
+        """A gateway record refused before a destination was known (e.g. bad auth)."""
+        if resolved is not None and self.address(resolved) is None:
+            return False
+        if when < self._baseline_before:
+            self.baseline_records += 1
+            return True
+        self._window(when, nbytes)
+        tally = self.sources.get(source) or self._new_source(source, when)
+        tally.flows += 1
+        tally.bytes += nbytes
+        tally.first, tally.last = min(tally.first, when), max(tally.last, when)
+        if denied:
+            self._reject(when, source, "-", _reason_text(reason, rule))
+        return True
+
+    def _new_source(self, source: str, when: float) -> Tally:
+        """A tally for a new source; past the cap a shared spare that is never listed."""
+        if len(self.sources) >= self.max_keys:
+            self.untracked_sources += 1
+            return self._spare
+        tally = self.sources[source] = Tally(when)
+        return tally
 
     # --- helpers --------------------------------------------------------------------
 
@@ -350,12 +486,13 @@ class FlowAnalysis:
         return True
 
     def _window(self, when: float, nbytes: int) -> None:
+        """Count a record that no destination holds (inbound, untracked, no host)."""
         self.analysed += 1
-        self.total_bytes += nbytes
-        if when < self.first:
-            self.first = when
-        if when > self.last:
-            self.last = when
+        self._other_bytes += nbytes
+        if when < self._other_first:
+            self._other_first = when
+        if when > self._other_last:
+            self._other_last = when
 
     def _admit(
         self,
@@ -388,64 +525,6 @@ class FlowAnalysis:
         d = destinations[key] = Destination(key[0], key[1], key[2], when)
         return d
 
-    def _count(
-        self,
-        d: Destination,
-        when: float,
-        source: str,
-        nbytes: int,
-        packets: int,
-        rejected: bool,
-        reply: bool,
-    ) -> None:
-        # The hot path: one call per record, no helpers (a call costs as much as the rest).
-        self.analysed += 1
-        self.total_bytes += nbytes
-        if when < self.first:
-            self.first = when
-        if when > self.last:
-            self.last = when
-        if not reply:
-            d.flows += 1
-        d.bytes += nbytes
-        d.packets += packets
-        if rejected:
-            d.rejected += 1
-        if when < d.first:
-            d.first = when
-        if when > d.last:
-            d.last = when
-        sources = d.sources
-        if len(sources) < MAX_SOURCES_PER_DESTINATION and source not in sources:
-            sources.append(source)
-        counter = self.sources.get(source)
-        if counter is None:
-            if len(self.sources) >= self.max_keys:
-                self.untracked_sources += 1
-                return
-            counter = self.sources[source] = Tally(when)
-        if not reply:
-            counter.flows += 1
-        counter.bytes += nbytes
-        if when < counter.first:
-            counter.first = when
-        if when > counter.last:
-            counter.last = when
-
-    def _source(self, when: float, source: str, nbytes: int) -> None:
-        counter = self.sources.get(source)
-        if counter is None:
-            if len(self.sources) >= self.max_keys:
-                self.untracked_sources += 1
-                return
-            counter = self.sources[source] = Tally(when)
-        counter.flows += 1
-        counter.bytes += nbytes
-        if when < counter.first:
-            counter.first = when
-        if when > counter.last:
-            counter.last = when
-
     def _reject(self, when: float, source: str, destination: str, reason: str) -> None:
         key = (source, destination, reason)
         counter = self.rejected.get(key)
@@ -459,24 +538,6 @@ class FlowAnalysis:
             counter.first = when
         if when > counter.last:
             counter.last = when
-
-    def _inbound(
-        self,
-        when: float,
-        client: str,
-        server: str,
-        port: int,
-        protocol: str,
-        nbytes: int,
-        rejected: bool,
-        reply: bool,
-    ) -> None:
-        self._window(when, nbytes)
-        if not reply:
-            self.inbound_flows += 1
-        self.inbound_bytes += nbytes
-        if rejected:
-            self._reject(when, client, destination_name(server, port, protocol), "REJECT inbound")
 
 
 def _reason_text(reason: str, rule: str | None) -> str:

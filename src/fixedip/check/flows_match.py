@@ -10,12 +10,13 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fixedip.policy.decision import Reason
-from fixedip.policy.guard import Guard, IPAddress, IPNetwork
+from fixedip.policy.guard import DEFAULT_DENY, Guard, IPAddress, IPNetwork
 from fixedip.policy.rules import normalise_host, parse_rule
 
 _GUARD = Guard()
@@ -77,6 +78,7 @@ class AddressSet:
         self.suffixes: list[str] = []
         self.networks: list[IPNetwork] = []
         self.everything = False
+        self._ipv4: list[tuple[int, int]] = []
         for raw in values:
             for value in raw.split(","):
                 if value.strip():
@@ -85,10 +87,14 @@ class AddressSet:
     def _add(self, value: str) -> None:
         self.text.append(value)
         try:
-            self.networks.append(ipaddress.ip_network(value.strip("[]"), strict=False))
-            return
+            network = ipaddress.ip_network(value.strip("[]"), strict=False)
         except ValueError:
             pass
+        else:
+            self.networks.append(network)
+            if network.version == 4:
+                self._ipv4.append((int(network.network_address), int(network.netmask)))
+            return
         if "/" in value or is_ip_literal(value):
             raise ValueError(f"'{value}' is not a valid address or network")
         try:
@@ -119,6 +125,10 @@ class AddressSet:
             len(host) > len(suffix) and host.endswith(suffix) for suffix in self.suffixes
         )
 
+    def matches_ipv4(self, value: int) -> bool:
+        """`matches_address` for an IPv4 address given as its integer (the fast path)."""
+        return self.everything or any(value & mask == net for net, mask in self._ipv4)
+
     def matches_address(self, address: IPAddress) -> bool:
         if self.everything:
             return True
@@ -142,10 +152,37 @@ class AddressInfo:
         return self.internal is not None and self.internal.split(" ", 1)[0] in _ROUTABLE_INSIDE
 
 
+def _denied_first_octets() -> frozenset[int]:
+    octets: set[int] = set()
+    for network, _ in DEFAULT_DENY:
+        if network.version == 4:
+            first = int(network.network_address) >> 24
+            octets.update(range(first, (int(network.broadcast_address) >> 24) + 1))
+    return frozenset(octets)
+
+
+# Every IPv4 address the guard refuses starts with one of these octets (its deny list
+# covers all that Python's ipaddress calls non-public; tests/check/test_flows.py checks
+# the fast path below against Guard.vet), so any other address skips the guard's
+# slower checks.
+_DENIED_FIRST_OCTETS = _denied_first_octets()
+
+
 def classify_address(text: str, expect: AddressSet, local: AddressSet) -> AddressInfo | None:
     """What `text` is: internal by the SSRF guard's deny list, expected, ours. None when
     it is not an IP address. The guard runs with no exceptions, so the list is exactly
     what a default gateway refuses to connect to."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):
+        packed = b""
+    if packed and packed[0] not in _DENIED_FIRST_OCTETS:
+        value = int.from_bytes(packed, "big")
+        return AddressInfo(
+            internal=None,
+            expected=expect.matches_ipv4(value),
+            local=bool(local) and local.matches_ipv4(value),
+        )
     try:
         address = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
