@@ -95,6 +95,18 @@ def test_header_accepts_format_string_and_underscore_spellings(tmp_path: Path) -
     assert report["top_destinations_by_flows"][0]["flows"] == 1
 
 
+def test_a_cloudwatch_logs_export_has_a_timestamp_before_each_record(tmp_path: Path) -> None:
+    export = tmp_path / "000000.gz"
+    stamped = [
+        f"2024-05-01T12:{i:02d}:00.000Z {line}"
+        for i, line in enumerate(V2_NO_HEADER.read_text().splitlines())
+    ]
+    export.write_bytes(gzip.compress(("\n".join(stamped) + "\n").encode()))
+    report = analyze(export).report
+    assert report["inputs"][0]["format"] == "vpc (CloudWatch export)"
+    assert comparable(report) == comparable(analyze(V2_NO_HEADER).report)
+
+
 def test_concatenated_files_repeat_or_change_the_header(tmp_path: Path) -> None:
     joined = tmp_path / "joined.log"
     joined.write_text(V2_HEADER.read_text() + CUSTOM.read_text())

@@ -2,7 +2,9 @@
 
 A log delivered to S3 starts with a header line naming its fields; one delivered
 through CloudWatch Logs has none and is read as the default format. Concatenated files
-may repeat or change the header mid-stream; each header switches the layout. Parsing
+may repeat or change the header mid-stream; each header switches the layout. A
+CloudWatch Logs export to S3 prefixes each line with its ISO timestamp; that prefix is
+dropped. Parsing
 is one `str.split()` per line with fields picked by position, straight into the sink.
 NODATA and SKIPDATA records (fields "-") are counted, not analysed.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 
 from fixedip.check.flows_input import UNKNOWN_PORT, FlowSink, InputStats
 
@@ -163,6 +166,37 @@ V2_LAYOUT = VpcLayout.of(VPC_V2_FIELDS)
 
 
 def read_vpc(sink: FlowSink, stats: InputStats, batches: Iterator[list[str]]) -> None:
+    """Parse VPC Flow Logs lines into `sink`, switching layout at every header line."""
+    lines = chain.from_iterable(batches)
+    layout: VpcLayout | None = V2_LAYOUT
+    while layout is not None:
+        layout = _read_layout(sink, stats, layout, lines)
+
+
+def _is_timestamp(token: str) -> bool:
+    """`2024-05-01T12:00:00.000Z`: the prefix a CloudWatch Logs export puts on each line."""
+    return len(token) >= 20 and token[4] == "-" and token[10] == "T"
+
+
+def _header(stats: InputStats, number: int, line: str, why: str) -> VpcLayout | None:
+    """The layout a header line names; None (the line counted as malformed) otherwise."""
+    names = header_fields(line)
+    if names is None:
+        stats.bad_line(number, why)
+        return None
+    try:
+        layout = VpcLayout.of(names)
+    except ValueError as exc:
+        stats.bad_line(number, str(exc))
+        return None
+    stats.format = "vpc (header)" if names == VPC_V2_FIELDS else "vpc (custom header)"
+    return layout
+
+
+def _read_layout(
+    sink: FlowSink, stats: InputStats, layout: VpcLayout, lines: Iterator[str]
+) -> VpcLayout | None:
+    """Parse lines in one layout until a header names another (returned) or they end."""
     record = sink.vpc_record
     (
         width,
@@ -177,135 +211,73 @@ def read_vpc(sink: FlowSink, stats: InputStats, batches: Iterator[list[str]]) ->
         i_action,
         i_status,
         padded,
-    ) = V2_LAYOUT.indices()
+    ) = layout.indices()
     number = stats.lines
     good = 0
-
-    def header_or_bad(line: str, why: str) -> VpcLayout | None:
-        names = header_fields(line)
-        if names is None:
-            stats.bad_line(number, why)
-            return None
-        try:
-            layout = VpcLayout.of(names)
-        except ValueError as exc:
-            stats.bad_line(number, str(exc))
-            return None
-        stats.format = "vpc (header)" if names == VPC_V2_FIELDS else "vpc (custom header)"
-        return layout
-
     try:
-        for batch in batches:
-            for line in batch:
-                number += 1
-                parts = line.split()
-                if len(parts) != width:
-                    if not parts:
-                        continue
-                    new = header_or_bad(line, f"{len(parts)} fields where the format has {width}")
+        for line in lines:
+            number += 1
+            parts = line.split()
+            if len(parts) != width:
+                if len(parts) == width + 1 and _is_timestamp(parts[0]):
+                    del parts[0]
+                    stats.format = "vpc (CloudWatch export)"
+                elif not parts:
+                    continue
+                else:
+                    why = f"{len(parts)} fields where the format has {width}"
+                    new = _header(stats, number, line, why)
                     if new is not None:
-                        (
-                            width,
-                            i_src,
-                            i_dst,
-                            i_sport,
-                            i_dport,
-                            i_proto,
-                            i_bytes,
-                            i_packets,
-                            i_start,
-                            i_action,
-                            i_status,
-                            padded,
-                        ) = new.indices()
+                        return new
                     continue
-                if padded:
-                    parts.append("-")
-                    parts.append("0")
-                status = parts[i_status]
-                if status != "OK" and status != "-":
-                    if status == "NODATA":
-                        stats.nodata += 1
-                    elif status == "SKIPDATA":
-                        stats.skipdata += 1
-                    else:
-                        new = header_or_bad(
-                            line, f"log-status {status!r} is not OK, NODATA or SKIPDATA"
-                        )
-                        if new is not None:
-                            (
-                                width,
-                                i_src,
-                                i_dst,
-                                i_sport,
-                                i_dport,
-                                i_proto,
-                                i_bytes,
-                                i_packets,
-                                i_start,
-                                i_action,
-                                i_status,
-                                padded,
-                            ) = new.indices()
-                    continue
-                src = parts[i_src]
-                if src == "-":  # no flow data, in a format without log-status
+            if padded:
+                parts.append("-")
+                parts.append("0")
+            status = parts[i_status]
+            if status != "OK" and status != "-":
+                if status == "NODATA":
                     stats.nodata += 1
-                    continue
-                start, sport, dport = parts[i_start], parts[i_sport], parts[i_dport]
-                try:
-                    when = float(start) if start != "-" else 0.0
-                    srcport = int(sport) if sport != "-" else UNKNOWN_PORT
-                    dstport = int(dport) if dport != "-" else 0
-                    nbytes = int(parts[i_bytes])
-                    packets = int(parts[i_packets])
-                except ValueError:
-                    new = header_or_bad(line, "a number field is not a number")
+                elif status == "SKIPDATA":
+                    stats.skipdata += 1
+                else:
+                    why = f"log-status {status!r} is not OK, NODATA or SKIPDATA"
+                    new = _header(stats, number, line, why)
                     if new is not None:
-                        (
-                            width,
-                            i_src,
-                            i_dst,
-                            i_sport,
-                            i_dport,
-                            i_proto,
-                            i_bytes,
-                            i_packets,
-                            i_start,
-                            i_action,
-                            i_status,
-                            padded,
-                        ) = new.indices()
-                    continue
-                if record(
-                    when,
-                    src,
-                    parts[i_dst],
-                    srcport,
-                    dstport,
-                    parts[i_proto],
-                    nbytes,
-                    packets,
-                    parts[i_action] == "REJECT",
-                ):
-                    good += 1
-                    continue
-                new = header_or_bad(line, "an address field is not an IP address")
+                        return new
+                continue
+            src = parts[i_src]
+            if src == "-":  # no flow data, in a format without log-status
+                stats.nodata += 1
+                continue
+            start, sport, dport = parts[i_start], parts[i_sport], parts[i_dport]
+            try:
+                when = float(start) if start != "-" else 0.0
+                srcport = int(sport) if sport != "-" else UNKNOWN_PORT
+                dstport = int(dport) if dport != "-" else 0
+                nbytes = int(parts[i_bytes])
+                packets = int(parts[i_packets])
+            except ValueError:
+                new = _header(stats, number, line, "a number field is not a number")
                 if new is not None:
-                    (
-                        width,
-                        i_src,
-                        i_dst,
-                        i_sport,
-                        i_dport,
-                        i_proto,
-                        i_bytes,
-                        i_packets,
-                        i_start,
-                        i_action,
-                        i_status,
-                        padded,
-                    ) = new.indices()
+                    return new
+                continue
+            if record(
+                when,
+                src,
+                parts[i_dst],
+                srcport,
+                dstport,
+                parts[i_proto],
+                nbytes,
+                packets,
+                parts[i_action] == "REJECT",
+            ):
+                good += 1
+                continue
+            new = _header(stats, number, line, "an address field is not an IP address")
+            if new is not None:
+                return new
+        return None
     finally:
         stats.lines = number
         stats.records += good
