@@ -51,8 +51,10 @@ fuzz: install-dev
 
 # Benchmarks against peers (nginx origin, squid, tinyproxy, proxy.py) on loopback; writes
 # benchmarks/results/latest.{json,md}. Installs its peers (apt, and proxy.py in its own venv).
+# Then the webhook relay: durable acks/s with 1 KiB bodies -> benchmarks/results/ingress.*.
 bench: install-dev
 	benchmarks/run $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.ingress
 
 # Import cost of the client SDK against `import json`, in fresh interpreters.
 bench-import: install-dev

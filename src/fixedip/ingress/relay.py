@@ -195,6 +195,12 @@ class Relay:
 
     def _lock(self) -> None:
         path = self.config.spool + ".lock"
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise RelayStartError(
+                f"ingress.spool: directory {parent} does not exist; create it, writable by "
+                "the user the relay runs as"
+            )
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:

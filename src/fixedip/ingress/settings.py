@@ -207,7 +207,7 @@ class IngressConfig(Section):
     key: str = ""
     max_spool_records: int = Field(default=100_000, ge=1, strict=True)
     max_spool_bytes: int = Field(default=1 << 30, ge=1 << 16, strict=True)
-    keep_delivered_s: float = Field(default=86400.0, ge=0)
+    keep_delivered_s: float = Field(default=3600.0, ge=0)
     dedupe_ttl_s: float = Field(default=86400.0, ge=0)
     delivery_id_header: str = "Fixedip-Delivery-Id"
     shutdown_grace_s: float = Field(default=10.0, ge=0, le=600)
@@ -216,11 +216,9 @@ class IngressConfig(Section):
     @field_validator("spool")
     @classmethod
     def _spool(cls, v: str) -> str:
+        # Its directory is checked when the relay starts: a file may be checked elsewhere.
         if not v:
             raise ValueError('expected a file path, e.g. "/var/lib/fixedip/spool.db"')
-        parent = Path(v).expanduser().absolute().parent
-        if not parent.is_dir():
-            raise ValueError(f"directory {parent} does not exist; create it first")
         return v
 
     @field_validator("cert", "key")
