@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,3 +86,30 @@ def test_loopback_listeners_are_not_warned_about(
     gateway = serve(tls_config(tmp_path, pki))
     assert not [line for line in gateway.stderr if "plain text" in line]
     assert "https" in gateway.addresses
+
+
+def test_two_workers_share_the_tls_port_and_both_reload(
+    serve: ServeFactory, pki: GatewayPKI, tmp_path: Path
+) -> None:
+    from tests.e2e.test_workers import free_port
+
+    data = tls_config(tmp_path, pki)
+    data["server"] = {"workers": 2}
+    data["listen"] = {
+        "http": f"127.0.0.1:{free_port()}",
+        "https": f"127.0.0.1:{free_port()}",
+        "socks": "",
+        "admin": "",
+    }
+    gateway = serve(data)
+    address = gateway.addresses["https"]
+    # New connections are spread over the workers by the kernel; every one gets TLS.
+    assert {served_serial(address, pki) for _ in range(8)} == {pki.serial}
+    renewed = pki.issue()
+    mark = gateway.mark
+    gateway.signal(signal.SIGHUP)  # the supervisor passes it to each worker
+    deadline = time.monotonic() + 10
+    while sum("TLS certificate loaded" in line for line in gateway.stderr[mark:]) < 2:
+        assert time.monotonic() < deadline, "both workers should log the reload"
+        time.sleep(0.05)
+    assert {served_serial(address, pki) for _ in range(8)} == {renewed}
