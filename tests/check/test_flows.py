@@ -151,6 +151,7 @@ def test_gateway_destinations_match_names_globs_and_cidrs() -> None:
             "api.newvendor.io:443",
         ]
     )
+    assert not any("VPC" in note for note in report["notes"])  # no VPC input here
     # a CIDR matches the address a name resolved to
     by_address = analyze(GATEWAY_LOG, *GATEWAY_EXPECT, "--expect", "93.184.215.0/24").report
     assert "files.example.net:443" not in names(by_address["unexpected_destinations"])

@@ -28,7 +28,7 @@ FINDINGS = (
     (
         "internal_destinations",
         "Internal or metadata destinations",
-        "on the SSRF guard's deny list, or refused by the gateway's guard",
+        "the SSRF guard's deny list",
     ),
     (
         "new_destinations",

@@ -111,15 +111,15 @@ def build_report(
         ],
         "rejected_total": sum(c.flows for c in analysis.rejected.values())
         + analysis.untracked_rejected,
-        "notes": _notes(analysis, cap_hit),
+        "notes": _notes(analysis, inputs, cap_hit),
     }
 
 
-def _notes(analysis: FlowAnalysis, cap_hit: bool) -> list[str]:
+def _notes(analysis: FlowAnalysis, inputs: list[InputStats], cap_hit: bool) -> list[str]:
     notes = []
     if not analysis.expect:
         notes.append("no --expect given: destinations are not checked against an expected set")
-    elif not analysis.expect.has_networks:
+    elif not analysis.expect.has_networks and any(i.format.startswith("vpc") for i in inputs):
         notes.append(
             "--expect names no address or CIDR: VPC Flow Logs carry addresses only, so "
             "every VPC destination counts as unexpected"
