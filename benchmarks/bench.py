@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import facts, load, peers, report, tls, tunnels
+from benchmarks import facts, fleet, load, peers, report, tls, tunnels
 from benchmarks.peers import BULK_PATH, HOST, REPO, Origin, Peer, say
 from benchmarks.procs import ForeignCpu, Proc, free_ports
 
@@ -34,6 +34,7 @@ SCENARIOS = [
     "idle_tunnels",
     "workers",
     *tls.SCENARIOS,
+    *fleet.SCENARIOS,
 ]
 WORKERS_KEYS = ["server.workers", "workers"]  # where `workers = N` may live (first accepted)
 BUSY_WARNING_SHARE = 0.10
@@ -174,6 +175,7 @@ class Bench:
         self.token_hash = ""
         self.busy_before = 0.0
         self.tls = tls.TlsBench(self, _best)
+        self.fleet = fleet.FleetBench(self, _best)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -398,6 +400,7 @@ class Bench:
             "tls_keepalive": lambda: self.tls.requests("tls_keepalive", close=False),
             "tls_close": lambda: self.tls.requests("tls_close", close=True),
             "tls_connect_bulk": self.tls.connect_bulk,
+            "fleet": self.fleet.run,
         }
         for scenario in self.args.scenarios:
             steps[scenario]()

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.fleet import table as fleet_table
+
 TARGETS = ["direct", "squid", "tinyproxy", "proxy.py", "fixedip"]
 PEERS = ["squid", "tinyproxy", "proxy.py"]
 LABELS = {"direct": "direct to origin", "proxy.py": "proxy.py (1 worker)"}
@@ -223,6 +225,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
     ]
     lines += tls_table(doc["results"])
+    lines += fleet_table(doc["results"])
     workers = doc["results"].get("workers")
     if workers:
         lines += ["## fixedip workers (keep-alive, per CPU-second of the gateway)", ""]

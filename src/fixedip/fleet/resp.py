@@ -96,7 +96,13 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending: deque[asyncio.Future[Reply]] = deque()
         self.buf = bytearray()
+        self.outgoing: list[bytes] = []
         self.lost = False
+
+    def flush(self) -> None:
+        data, self.outgoing = b"".join(self.outgoing), []
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -214,9 +220,13 @@ class Redis:
             raise StoreUnavailable("not connected to Redis")
         if len(proto.pending) >= MAX_PENDING:
             raise StoreUnavailable("too many Redis commands in flight")
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
         proto.pending.append(future)
-        proto.transport.write(encode(args))
+        # Commands asked for in one turn of the loop leave in one write (one syscall).
+        if not proto.outgoing:
+            loop.call_soon(proto.flush)
+        proto.outgoing.append(encode(args))
         return future
 
     def fire(self, *args: Any) -> None:
