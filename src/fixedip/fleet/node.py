@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from fixedip.fleet.eips import FloatingEIPs
 from fixedip.fleet.link import Link
 from fixedip.fleet.membership import Membership
+from fixedip.fleet.receipts import FleetReceipts
 from fixedip.fleet.resp import ReplyError, StoreUnavailable
 from fixedip.fleet.settings import FleetConfig
 from fixedip.fleet.store import CanaryLock, FleetHealthStore, FleetLimitStore
@@ -41,6 +42,7 @@ class FleetNode:
         self.limits = FleetLimitStore(self.link)
         self.health = FleetHealthStore(self.link)
         self.canaries = CanaryLock(self.link)
+        self.receipts = FleetReceipts(self.link)  # the ingress relay's, when it runs here
         self.membership = Membership(self.link, describe)
         aws = settings.aws
         self.eips = (

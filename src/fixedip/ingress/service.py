@@ -117,7 +117,13 @@ async def run_with_gateway(
     assert config.ingress is not None
     gateway = Gateway(config, path)
     await gateway.start()  # StartupError propagates (after its own cleanup)
-    relay = Relay(config.ingress, lambda: gateway.flowlog, registry=gateway.metrics.registry)
+    relay = Relay(
+        config.ingress,
+        lambda: gateway.flowlog,
+        registry=gateway.metrics.registry,
+        # In a fleet, a vendor's retry to another member is recognised too.
+        receipts=gateway.fleet.receipts if gateway.fleet is not None else None,
+    )
     try:
         await relay.start()
     except RelayStartError:
