@@ -5,6 +5,7 @@ Answers, in the order they are checked:
 - 404 `unknown_path`: no route has this exact path;
 - 403 `source_not_allowed`: the peer address is outside the route's `source_cidrs`;
 - 413 `too_large`: the body exceeds the route's `max_body_bytes`;
+- 408 `body_timeout`: the body did not arrive within `body_timeout_s`;
 - 401 `missing_signature` / `bad_signature` / `timestamp_out_of_tolerance`;
 - 200 `duplicate`: the vendor's own delivery id was acknowledged before;
 - 503 `spool_full` / `spool_error` with Retry-After: nothing was stored, send again;
@@ -16,6 +17,7 @@ original order and case, raw body, source address and time.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -72,6 +74,7 @@ class Receiver:
         flowlog: Callable[[], FlowLog],
         on_spooled: Callable[[str], None],
         dedupe_ttl_s: float,
+        body_timeout_s: float,
     ) -> None:
         self.routes: dict[str, ReceiveRoute] = {}
         self.spool = spool
@@ -80,6 +83,7 @@ class Receiver:
         self.flowlog = flowlog
         self.on_spooled = on_spooled
         self.dedupe_ttl_s = dedupe_ttl_s
+        self.body_timeout_s = body_timeout_s
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         start = time.time()
@@ -94,7 +98,11 @@ class Receiver:
         counters.received.inc()
         if not route.allows(peer):
             return self._refuse(start, peer, request.method, path, 403, "source_not_allowed", 0)
-        body = await _read_body(request, config.max_body_bytes)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await _read_body(request, config.max_body_bytes)
+        except TimeoutError:
+            return self._refuse(start, peer, request.method, path, 408, "body_timeout", 0)
         if body is None:
             return self._refuse(start, peer, request.method, path, 413, "too_large", 0)
         why = route.verifier.check(request.headers, body, start)
@@ -142,7 +150,7 @@ class Receiver:
             self.metrics.rejected.labels(path, reason).inc()
         self._log(start, peer, method, path, status, reason, size, None)
         response = _json(status, {"error": reason})
-        if status == 413:
+        if status in (408, 413):
             response.force_close()  # the rest of the body was not read
         return response
 

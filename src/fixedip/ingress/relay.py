@@ -134,7 +134,13 @@ class Relay:
             keep_delivered=config.keep_delivered_s > 0,
         )
         self.receiver = Receiver(
-            self.spool, receipts, self.metrics, flowlog, self.deliverer.wake, config.dedupe_ttl_s
+            self.spool,
+            receipts,
+            self.metrics,
+            flowlog,
+            self.deliverer.wake,
+            config.dedupe_ttl_s,
+            config.body_timeout_s,
         )
         self.housekeeping_s = housekeeping_s
         self.draining = False
@@ -233,16 +239,17 @@ class Relay:
 
     async def _housekeeping(self) -> None:
         while True:
-            await asyncio.sleep(self.housekeeping_s)
             now = time.time()
             try:
                 stats = await self.spool.housekeeping(now, self.config.keep_delivered_s)
             except SpoolUnavailable as exc:
                 log.error("spool housekeeping failed: %s", exc)
+                await asyncio.sleep(self.housekeeping_s)
                 continue
             self.metrics.set_spool(stats, now)
             if self._local_receipts is not None:
                 self._local_receipts.expire(now)
+            await asyncio.sleep(self.housekeeping_s)
 
     def reload(self, config: IngressConfig) -> bool:
         """Apply new routes, secrets and limits; a route that cannot be built keeps the old."""
@@ -265,6 +272,7 @@ class Relay:
                 route.in_flight = current.in_flight
         self.receiver.routes = receive
         self.receiver.dedupe_ttl_s = config.dedupe_ttl_s
+        self.receiver.body_timeout_s = config.body_timeout_s
         self.deliverer.routes = deliver
         self.deliverer.keep_delivered = config.keep_delivered_s > 0
         self.spool.max_records = config.max_spool_records

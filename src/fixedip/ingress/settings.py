@@ -210,6 +210,8 @@ class IngressConfig(Section):
     keep_delivered_s: float = Field(default=3600.0, ge=0)
     dedupe_ttl_s: float = Field(default=86400.0, ge=0)
     delivery_id_header: str = "Fixedip-Delivery-Id"
+    # A sender that trickles its body is cut off (408) after this.
+    body_timeout_s: float = Field(default=30.0, gt=0, le=600)
     shutdown_grace_s: float = Field(default=10.0, ge=0, le=600)
     routes: list[IngressRouteConfig] = Field(min_length=1)
 
