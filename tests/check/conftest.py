@@ -205,7 +205,10 @@ class Zone:
 
     def __init__(self) -> None:
         from dnslib import AAAA, PTR, QTYPE, RCODE, RR, TXT, A
-        from dnslib.server import BaseResolver, DNSLogger, DNSServer
+        from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
+
+        class Handler(DNSHandler):  # type: ignore[misc]
+            udplen = 512  # RFC 1035's UDP limit: bigger answers are truncated (TC set)
 
         outer = self
         rdata: dict[str, Callable[[str], Any]] = {"A": A, "AAAA": AAAA, "PTR": PTR, "TXT": TXT}
@@ -234,13 +237,21 @@ class Zone:
         probe.bind(("127.0.0.1", 0))
         self.port = probe.getsockname()[1]
         probe.close()
-        self.server = DNSServer(
-            Resolver(),
-            port=self.port,
-            address="127.0.0.1",
-            logger=DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data"),
-        )
-        self.server.start_thread()
+        quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data")
+        # UDP truncates answers over 512 bytes (TC set); the same port over TCP has them.
+        self.servers = [
+            DNSServer(
+                Resolver(),
+                port=self.port,
+                address="127.0.0.1",
+                logger=quiet,
+                tcp=tcp,
+                handler=Handler,
+            )
+            for tcp in (False, True)
+        ]
+        for server in self.servers:
+            server.start_thread()
 
     @property
     def address(self) -> str:
@@ -254,7 +265,8 @@ class Zone:
         self.records[(name, "A")] = [ip] if forward is None else forward
 
     def close(self) -> None:
-        self.server.stop()
+        for server in self.servers:
+            server.stop()
 
 
 @pytest.fixture

@@ -489,3 +489,18 @@ def test_through_the_gateways_tls_listener_with_an_https_echo(
     )  # fmt: skip
     assert untrusted.returncode == 3
     assert "not trusted" in untrusted.stdout and "--ca" in untrusted.stdout
+
+
+def test_through_a_proxy_that_is_not_fixedip_the_gateway_view_is_skipped(
+    echo_site: EchoSite, good_dns: Zone
+) -> None:
+    # The echo site answers absolute-form requests for its own URLs, as a plain HTTP
+    # proxy would, and 404 to /whoami.
+    out = check(
+        "--via", f"http://127.0.0.1:{echo_site.port}", *echo_args(echo_site),
+        "--resolver", good_dns.address, "--no-dnsbl", "--ranges-cache", "/nonexistent",
+    )  # fmt: skip
+    gateway = next(r for r in json.loads(out.stdout)["rows"] if r["check"] == "gateway")
+    assert gateway["status"] == "skip" and "not a fixedip gateway" in gateway["reason"]
+    assert rows(out)[("egress ip", "echo")]["status"] == "pass"
+    assert not any(r["check"] == "gateway vs echo" for r in json.loads(out.stdout)["rows"])

@@ -77,3 +77,25 @@ def test_matches_a_brute_force_scan(
     assert sorted(v for _, v in trie.within(query)) == [
         i for i, n in enumerate(networks) if n.subnet_of(query) and n != query
     ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    networks=st.lists(_v4_networks(), min_size=1, max_size=40),
+    probe=st.integers(0, 2**32 - 1),
+    query=_v4_networks(),
+)
+def test_bulk_build_answers_like_one_by_one_inserts(
+    networks: list[ipaddress.IPv4Network], probe: int, query: ipaddress.IPv4Network
+) -> None:
+    built = PrefixTrie.build((n, i) for i, n in enumerate(networks))
+    inserted: PrefixTrie[int] = PrefixTrie()
+    for i, network in enumerate(networks):
+        inserted.insert(network, i)
+    address = ipaddress.IPv4Address(probe)
+    assert built.lookup(address) == inserted.lookup(address)
+    assert sorted(v for _, v in built.lookup(address)) == [
+        i for i, n in enumerate(networks) if address in n
+    ]
+    assert sorted(v for _, v in built.within(query)) == sorted(v for _, v in inserted.within(query))
+    assert built.size == len(networks)

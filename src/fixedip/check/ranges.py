@@ -193,6 +193,8 @@ def update(cache: Path, urls: dict[str, str] | None = None) -> list[UpdateResult
 
 # --- the index ------------------------------------------------------------------------
 
+_LOADED: dict[str, Any] = {}  # the last index loaded, and the manifest it came from
+
 
 @dataclass
 class RangeIndex:
@@ -203,7 +205,7 @@ class RangeIndex:
     def load(cls, cache: Path) -> RangeIndex:
         """Every cached file in one trie. Raises RangeFileError when nothing is cached."""
         manifest = read_manifest(cache)
-        trie: PrefixTrie[CloudRange] = PrefixTrie()
+        ranges: list[tuple[Network, CloudRange]] = []
         loaded: dict[str, dict[str, Any]] = {}
         for name, entry in manifest["sources"].items():
             source = SOURCES.get(name)
@@ -213,12 +215,25 @@ class RangeIndex:
                 parsed = source.parse((cache / source.filename).read_bytes(), name)
             except (OSError, RangeFileError):
                 continue
-            for network, cloud in parsed.ranges:
-                trie.insert(network, cloud)
+            ranges += parsed.ranges
             loaded[name] = entry
         if not loaded:
             raise RangeFileError(f"no range files in {cache}: run `fixedip ranges update`")
-        return cls(trie, loaded)
+        return cls(PrefixTrie.build(ranges), loaded)
+
+    @classmethod
+    def load_cached(cls, cache: Path) -> RangeIndex:
+        """`load`, reused while the manifest is unchanged (for --watch)."""
+        try:
+            stamp = (cache / MANIFEST).stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        key = (str(cache), stamp)
+        if stamp is not None and _LOADED.get("key") == key:
+            return _LOADED["index"]  # type: ignore[no-any-return]
+        index = cls.load(cache)
+        _LOADED.update(key=key, index=index)
+        return index
 
     def lookup(self, ip: str) -> list[tuple[Network, CloudRange]]:
         return self.trie.lookup(ipaddress.ip_address(ip))

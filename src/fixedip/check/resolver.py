@@ -82,8 +82,11 @@ class Resolver:
             reply = DNSRecord.parse(data)
         except Exception:  # dnslib raises its own DNSError and struct errors
             return None
-        same_question = reply.questions and reply.questions[0].qname == request.q.qname
-        if reply.header.id != request.header.id or not same_question:
+        if reply.questions:
+            ours = reply.questions[0].qname == request.q.qname
+        else:  # some servers drop the question from a truncated answer
+            ours = bool(reply.header.tc)
+        if reply.header.id != request.header.id or not ours:
             return None
         return reply
 

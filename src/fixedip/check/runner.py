@@ -7,7 +7,7 @@ disagreeing minority of echo endpoints reported are not checked further.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +43,14 @@ def _unique(items: list[str]) -> list[str]:
 
 def run_check(opts: CheckOptions) -> Report:
     report = Report(checked_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    # Parse the range files while the echo requests are in flight.
+    with ThreadPoolExecutor(max_workers=1) as background:
+        loading = background.submit(RangeIndex.load_cached, opts.ranges_cache)
+        _gather(opts, report, loading)
+    return report
+
+
+def _gather(opts: CheckOptions, report: Report, loading: Future[RangeIndex]) -> None:
     expected = set(opts.expect)
     view: GatewayView | None = None
     try:
@@ -52,7 +60,7 @@ def run_check(opts: CheckOptions) -> Report:
         answers = ask_all(opts.echo_urls, opts.via, opts.timeout_s) if opts.echo_urls else []
     except CheckError as exc:
         report.could_not_run.append(str(exc))
-        return report
+        return
     pool = set(view.all_ips) if view else set()
     verdict = judge(answers, expected, pool)
     if answers:
@@ -68,9 +76,9 @@ def run_check(opts: CheckOptions) -> Report:
     if not subjects:
         if not report.could_not_run:
             report.could_not_run.append("no egress IP to check: give --echo, --via or --expect")
-        return report
+        return
 
-    index = _ranges(opts.ranges_cache, report)
+    index = _ranges(loading, report)
     claimed = expected | pool
     if index is not None:
         for ip in subjects:
@@ -81,15 +89,14 @@ def run_check(opts: CheckOptions) -> Report:
             entries = read_allowlist(opts.allowlist)
         except CheckError as exc:
             report.could_not_run.append(str(exc))
-            return report
+            return
         ours = (view.all_ips if view else []) or opts.expect or verdict.trusted[:1]
         report.rows += allowlist_rows(entries, ours, index, opts.allowlist.name)
-    return report
 
 
-def _ranges(cache: Path, report: Report) -> RangeIndex | None:
+def _ranges(loading: Future[RangeIndex], report: Report) -> RangeIndex | None:
     try:
-        index = RangeIndex.load(cache)
+        index = loading.result()
     except RangeFileError as exc:
         report.add(Row("cloud range", "cache", Status.SKIP, str(exc)))
         return None

@@ -10,7 +10,7 @@ allowlist entries broader than one address).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -33,6 +33,7 @@ class _FamilyTrie(Generic[V]):
     def __init__(self, width: int) -> None:
         self.width = width
         self.root: _Node[V] = _Node(0, 0)
+        self.exact: dict[tuple[int, int], _Node[V]] = {(0, 0): self.root}
 
     def _bit(self, key: int, index: int) -> int:
         return (key >> (self.width - 1 - index)) & 1
@@ -44,31 +45,71 @@ class _FamilyTrie(Generic[V]):
         return ((1 << length) - 1) << (self.width - length) if length else 0
 
     def insert(self, key: int, length: int, value: V) -> None:
+        known = self.exact.get((key, length))
+        if known is not None:  # providers list one prefix under many services and tags
+            known.values.append(value)
+            return
+        width = self.width
         node = self.root
         while True:
-            if node.length == length:
-                node.values.append(value)
-                return
-            bit = self._bit(key, node.length)
+            bit = (key >> (width - 1 - node.length)) & 1
             child = node.children[bit]
             if child is None:
-                node.children[bit] = _Node(key, length, [value])
+                node.children[bit] = self._new(key, length, value)
                 return
-            diff = child.key ^ key
-            common = min(child.length, length, self.width - diff.bit_length())
+            common = min(child.length, length, width - (child.key ^ key).bit_length())
             if common == child.length:
+                if common == length:  # a branching node created earlier, now a prefix too
+                    child.values.append(value)
+                    self.exact[(key, length)] = child
+                    return
                 node = child
                 continue
             if common == length:
-                new = _Node(key, length, [value])
-                new.children[self._bit(child.key, length)] = child
+                new = self._new(key, length, value)
+                new.children[(child.key >> (width - 1 - length)) & 1] = child
                 node.children[bit] = new
                 return
             middle: _Node[V] = _Node(key & self._mask(common), common)
-            middle.children[self._bit(child.key, common)] = child
-            middle.children[self._bit(key, common)] = _Node(key, length, [value])
+            middle.children[(child.key >> (width - 1 - common)) & 1] = child
+            middle.children[(key >> (width - 1 - common)) & 1] = self._new(key, length, value)
             node.children[bit] = middle
             return
+
+    def _new(self, key: int, length: int, value: V) -> _Node[V]:
+        node = _Node(key, length, [value])
+        self.exact[(key, length)] = node
+        return node
+
+    def load_sorted(self, prefixes: dict[tuple[int, int], list[V]]) -> None:
+        """Build an empty trie from unique prefixes in one pass: sorted by address, then
+        length, prefixes arrive in pre-order, so each one hangs off the rightmost path
+        (kept on a stack) and no walk from the root is needed."""
+        width = self.width
+        root = self.root
+        root.values.extend(prefixes.get((0, 0), []))
+        stack = [root]
+        for (key, length), values in sorted(prefixes.items()):
+            if length == 0:
+                continue
+            top = stack[-1]
+            while top.length >= length or (top.length and (top.key ^ key) >> (width - top.length)):
+                stack.pop()
+                top = stack[-1]
+            node = _Node(key, length, list(values))
+            self.exact[(key, length)] = node
+            bit = (key >> (width - 1 - top.length)) & 1
+            child = top.children[bit]
+            if child is None:
+                top.children[bit] = node
+            else:  # the previous subtree on this side shares a shorter prefix with us
+                common = min(child.length, width - (child.key ^ key).bit_length())
+                middle: _Node[V] = _Node(key & self._mask(common), common)
+                middle.children[(child.key >> (width - 1 - common)) & 1] = child
+                middle.children[(key >> (width - 1 - common)) & 1] = node
+                top.children[bit] = middle
+                stack.append(middle)
+            stack.append(node)
 
     def covering(self, key: int, length: int) -> Iterator[tuple[int, int, V]]:
         """Values of every prefix that contains key/length, shortest prefix first."""
@@ -109,6 +150,19 @@ class PrefixTrie(Generic[V]):
         trie = self._families[network.version]
         trie.insert(int(network.network_address), network.prefixlen, value)
         self.size += 1
+
+    @classmethod
+    def build(cls, items: Iterable[tuple[Network, V]]) -> PrefixTrie[V]:
+        """A trie of many ranges at once, much faster than inserting them one by one."""
+        grouped: dict[int, dict[tuple[int, int], list[V]]] = {4: {}, 6: {}}
+        trie: PrefixTrie[V] = cls()
+        for network, value in items:
+            key = (int(network.network_address), network.prefixlen)
+            grouped[network.version].setdefault(key, []).append(value)
+            trie.size += 1
+        for version, prefixes in grouped.items():
+            trie._families[version].load_sorted(prefixes)
+        return trie
 
     def lookup(self, address: Address) -> list[tuple[Network, V]]:
         """Every (range, value) that contains `address`, most specific first."""
