@@ -271,3 +271,18 @@ def test_handshakes_over_the_cap_are_refused_before_any_tls(
     time.sleep(0.2)  # their slots are freed when they go away
     with tls_connect(https_address(gw), pki.client_context()) as sock:
         assert forward_get(sock, vendor.url("/after")).startswith(b"HTTP/1.1 200")
+
+
+def test_the_tls_listener_on_ipv6_loopback(
+    make_gateway: MakeGateway, pki: GatewayPKI, vendor: VendorServer
+) -> None:
+    leaf = pki.ca.issue_cert("::1", "localhost")
+    pki.write(leaf.private_key_pem.bytes(), b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    gw = make_gateway(**tls_overrides(pki, listen={"https": "[::1]:0"}))
+    host, port = https_address(gw)
+    assert host == "::1"
+    # (curl 7.88 cannot match an IPv6 proxy address against the certificate: Python can)
+    with tls_connect((host, port), pki.client_context()) as sock:
+        answer = forward_get(sock, vendor.url("/v6"))
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert f'"peer": "{ALLOWED_EGRESS}"'.encode() in answer

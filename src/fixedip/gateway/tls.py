@@ -20,6 +20,7 @@ inside TLS). This module owns what is particular to TLS:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import errno
 import logging
@@ -273,7 +274,10 @@ class TlsListener:
         """TLS first; only then does the proxy session see the connection, so nothing sent
         on one whose handshake failed (a token, say) is ever read."""
         timeout = self.gw.runtime.config.timeouts.tls_handshake_s
-        peer = conn.getpeername() if conn.family != socket.AF_UNIX else ""
+        peer = "?"
+        if log.isEnabledFor(logging.DEBUG):  # failed handshakes are logged at debug only
+            with contextlib.suppress(OSError):
+                peer = "{}:{}".format(*conn.getpeername()[:2])
 
         def named() -> ClientSession:
             proto = session()
@@ -330,8 +334,12 @@ class TlsServer:
                     self.loop.call_later(ACCEPT_PAUSE_S, self._resume)
                     return
                 continue  # ECONNABORTED and the like: that one connection is gone
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset between accept and here
+                conn.close()
+                continue
             self.listener.accepted(conn, self.session)
 
     def _resume(self) -> None:
