@@ -24,6 +24,7 @@ V2_HEADER = FIXTURES / "vpc_v2_header.log"
 V2_NO_HEADER = FIXTURES / "vpc_v2_noheader.log"
 CUSTOM = FIXTURES / "vpc_custom.log"
 MALFORMED = FIXTURES / "vpc_malformed.log"
+NAT_GATEWAY = FIXTURES / "vpc_nat_gateway.log"  # pkt-srcaddr/pkt-dstaddr, as on a NAT's ENI
 GATEWAY_LOG = FIXTURES / "gateway_flow.jsonl"
 BASELINE_END = "2024-05-01T12:30:00Z"  # every fixture has records on both sides of it
 

@@ -14,6 +14,7 @@ from fixedip.policy.guard import DEFAULT_DENY, Guard
 from tests.check.flows_helpers import (
     BASELINE_END,
     GATEWAY_LOG,
+    NAT_GATEWAY,
     V2_HEADER,
     analyze,
     names,
@@ -120,6 +121,16 @@ def test_local_marks_our_own_address_so_functions_calling_the_gateway_are_inboun
     assert "10.0.1.5:3128" not in names(with_local["top_destinations_by_flows"])
     assert with_local["totals"]["inbound_flows"] == without["totals"]["inbound_flows"] + 1
     assert with_local["checks"]["local"] == ["10.0.1.5"]
+
+
+def test_on_a_nat_gateway_the_packet_addresses_name_the_real_destination() -> None:
+    report = analyze(NAT_GATEWAY, "--expect", "52.94.0.0/16").report
+    destinations = names(report["top_destinations_by_flows"])
+    assert sorted(destinations) == ["45.33.32.156:25", "52.94.236.248:443"]
+    assert names(report["unexpected_destinations"]) == ["45.33.32.156:25"]
+    assert report["internal_destinations"] == []  # never the NAT's own 10.0.0.220
+    vendor = next(d for d in report["top_destinations_by_flows"] if d["port"] == 443)
+    assert vendor["sources"] == ["10.0.1.5", "10.0.0.220"]
 
 
 # --- the expected set ----------------------------------------------------------------

@@ -6,7 +6,9 @@ may repeat or change the header mid-stream; each header switches the layout. A
 CloudWatch Logs export to S3 prefixes each line with its ISO timestamp; that prefix is
 dropped. Parsing
 is one `str.split()` per line with fields picked by position, straight into the sink.
-NODATA and SKIPDATA records (fields "-") are counted, not analysed.
+NODATA and SKIPDATA records (fields "-") are counted, not analysed. Where a format logs
+`pkt-srcaddr` and `pkt-dstaddr`, those are used: on a NAT gateway's interface they hold
+the instance and the real destination, where `srcaddr`/`dstaddr` hold the NAT itself.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class VpcLayout:
     width: int
     src: int
     dst: int
+    pkt_src: int  # pkt-srcaddr where logged (else srcaddr): the packet's original source
+    pkt_dst: int
     srcport: int
     dstport: int
     protocol: int
@@ -104,12 +108,16 @@ class VpcLayout:
     status: int
     padded: bool
 
-    def indices(self) -> tuple[int, int, int, int, int, int, int, int, int, int, int, bool]:
+    def indices(
+        self,
+    ) -> tuple[int, int, int, int, int, int, int, int, int, int, int, int, int, bool]:
         """The positions as a tuple, to unpack into locals of the parsing loop."""
         return (
             self.width,
             self.src,
             self.dst,
+            self.pkt_src,
+            self.pkt_dst,
             self.srcport,
             self.dstport,
             self.protocol,
@@ -132,10 +140,13 @@ class VpcLayout:
         def at(name: str, default: int) -> int:
             return names.index(name) if name in names else default
 
+        src, dst = names.index("srcaddr"), names.index("dstaddr")
         layout = cls(
             width=width,
-            src=names.index("srcaddr"),
-            dst=names.index("dstaddr"),
+            src=src,
+            dst=dst,
+            pkt_src=at("pkt-srcaddr", src),
+            pkt_dst=at("pkt-dstaddr", dst),
             srcport=at("srcport", dash),
             dstport=at("dstport", dash),
             protocol=at("protocol", dash),
@@ -202,6 +213,8 @@ def _read_layout(
         width,
         i_src,
         i_dst,
+        i_pkt_src,
+        i_pkt_dst,
         i_sport,
         i_dport,
         i_proto,
@@ -245,13 +258,18 @@ def _read_layout(
                     if new is not None:
                         return new
                 continue
-            src = parts[i_src]
-            if src == "-":  # no flow data, in a format without log-status
-                stats.nodata += 1
-                continue
+            src = parts[i_pkt_src]
+            if src == "-":
+                src = parts[i_src]
+                if src == "-":  # no flow data, in a format without log-status
+                    stats.nodata += 1
+                    continue
+            dst = parts[i_pkt_dst]
+            if dst == "-":
+                dst = parts[i_dst]
             start, sport, dport = parts[i_start], parts[i_sport], parts[i_dport]
             try:
-                when = float(start) if start != "-" else 0.0
+                when = int(start) if start != "-" else 0
                 srcport = int(sport) if sport != "-" else UNKNOWN_PORT
                 dstport = int(dport) if dport != "-" else 0
                 nbytes = int(parts[i_bytes])
@@ -264,7 +282,7 @@ def _read_layout(
             if record(
                 when,
                 src,
-                parts[i_dst],
+                dst,
                 srcport,
                 dstport,
                 parts[i_proto],
