@@ -10,6 +10,7 @@ AWS_VARIANTS: dict[str, list[dict[str, Any]]] = {
     "nat-gateway": [{}, {"azs": 3}],
     "fixedip-vm": [{}, {"ips": 3, "client_cidrs": ("198.18.0.0/15", "198.19.0.0/16")}],
     "global-accelerator": [{}],
+    "eni-eips": [{"function_name": "billing"}],
 }
 GCP_VARIANTS: dict[str, list[dict[str, Any]]] = {
     "cloud-nat": [{}, {"gcp_egress": "connector", "ips": 2}],

@@ -116,3 +116,11 @@ def test_an_unwritable_out_directory_is_exit_2(tmp_path: Path) -> None:
     blocker.write_text("")
     result = fixedip("render", "nat-gateway", "--out", str(blocker / "sub"))
     assert_usage_error(result, f"cannot write to {blocker / 'sub'}")
+
+
+def test_a_render_with_code_needs_an_out_directory(tmp_path: Path) -> None:
+    result = fixedip("render", "eni-eips", "--format", "cloudformation")
+    assert_usage_error(result, "eni-eips writes 3 files (template and code): pass --out DIR")
+    result = fixedip("render", "eni-eips", "-f", "cloudformation", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*.py")) == ["eni.py", "eni_resource.py"]

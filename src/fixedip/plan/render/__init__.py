@@ -16,7 +16,7 @@ from fixedip.plan.render.params import RenderError, RenderParams
 
 __all__ = ["FORMATS", "OPTION_IDS", "RenderError", "RenderParams", "Rendered", "render", "write"]
 
-OPTION_IDS = ("nat-gateway", "fixedip-vm", "global-accelerator", "cloud-nat")
+OPTION_IDS = ("nat-gateway", "fixedip-vm", "global-accelerator", "eni-eips", "cloud-nat")
 FORMATS = ("terraform", "cloudformation")
 FILE_NAMES = {"terraform": "main.tf", "cloudformation": "template.yaml"}
 
@@ -54,7 +54,7 @@ class Option:
 @functools.cache
 def options() -> dict[str, Option]:
     """The renderable options by id (their modules load on first use)."""
-    from fixedip.plan.render import aws_accelerator, aws_gateway, aws_nat, gcp_nat
+    from fixedip.plan.render import aws_accelerator, aws_eni, aws_gateway, aws_nat, gcp_nat
 
     options = [
         Option(
@@ -77,6 +77,12 @@ def options() -> dict[str, Option]:
                 "terraform": aws_accelerator.terraform,
                 "cloudformation": aws_accelerator.cloudformation,
             },
+        ),
+        Option(
+            "eni-eips",
+            "aws",
+            "Elastic IPs on the function's Hyperplane ENIs (development; no NAT Gateway)",
+            {"terraform": aws_eni.terraform, "cloudformation": aws_eni.cloudformation},
         ),
         Option(
             "cloud-nat",
