@@ -250,6 +250,14 @@ def test_baseline_applies_to_vpc_logs_too() -> None:
     assert "52.94.236.248:443" not in new
 
 
+def test_an_empty_window_exits_0_and_says_so() -> None:
+    run = analyze(V2_HEADER, "--since", "2030-01-01")
+    assert (run.exit_code, run.report["totals"]["analysed"]) == (0, 0)
+    assert (
+        "no flow records to analyse (19 before --since, 0 in the baseline)" in run.report["notes"]
+    )
+
+
 def test_relative_times_count_back_from_now() -> None:
     assert parse_time("24h", now=1_000_000.0) == 1_000_000.0 - 86_400
     assert parse_time("2024-05-01") == 1714521600.0

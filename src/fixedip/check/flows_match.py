@@ -7,6 +7,7 @@ with no exceptions, so the analysis and the gateway never disagree on what is in
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -178,18 +179,21 @@ def classify_address(text: str, expect: AddressSet, local: AddressSet) -> Addres
         packed = b""
     if packed and packed[0] not in _DENIED_FIRST_OCTETS:
         value = int.from_bytes(packed, "big")
-        return AddressInfo(
-            internal=None,
-            expected=expect.matches_ipv4(value),
-            local=bool(local) and local.matches_ipv4(value),
-        )
+        return _info(None, expect.matches_ipv4(value), bool(local) and local.matches_ipv4(value))
     try:
         address = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         return None
     verdict = _GUARD.vet(address, 0)
-    return AddressInfo(
-        internal=None if verdict.reason is Reason.ALLOWED else verdict.rule,
-        expected=expect.matches_address(address),
-        local=bool(local) and local.matches_address(address),
+    return _info(
+        None if verdict.reason is Reason.ALLOWED else verdict.rule,
+        expect.matches_address(address),
+        bool(local) and local.matches_address(address),
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _info(internal: str | None, expected: bool, local: bool) -> AddressInfo:
+    """One shared AddressInfo per distinct answer (there are a few dozen), so a memo of
+    many addresses costs a reference each, not an object each."""
+    return AddressInfo(internal, expected, local)

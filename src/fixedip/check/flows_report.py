@@ -117,6 +117,11 @@ def build_report(
 
 def _notes(analysis: FlowAnalysis, inputs: list[InputStats], cap_hit: bool) -> list[str]:
     notes = []
+    if not analysis.analysed:
+        notes.append(
+            f"no flow records to analyse ({analysis.before_since} before --since, "
+            f"{analysis.baseline_records} in the baseline)"
+        )
     if not analysis.expect:
         notes.append("no --expect given: destinations are not checked against an expected set")
     elif not analysis.expect.has_networks and any(i.format.startswith("vpc") for i in inputs):
