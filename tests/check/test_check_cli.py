@@ -504,3 +504,13 @@ def test_through_a_proxy_that_is_not_fixedip_the_gateway_view_is_skipped(
     assert gateway["status"] == "skip" and "not a fixedip gateway" in gateway["reason"]
     assert rows(out)[("egress ip", "echo")]["status"] == "pass"
     assert not any(r["check"] == "gateway vs echo" for r in json.loads(out.stdout)["rows"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--format", "yaml"], ["--expect", "not-an-ip"], ["--no-such-option"], ["--via", "ftp://x"]],
+)
+def test_a_bad_option_means_could_not_run_not_failure(args: list[str]) -> None:
+    out = fixedip("check", *args)
+    assert out.returncode == 3, out.stderr
+    assert "Traceback" not in out.stderr

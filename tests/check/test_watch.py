@@ -78,3 +78,11 @@ def test_metrics_file_in_prometheus_text_format(
     assert samples[("fixedip_check_egress_ip_info", (("ip", "127.0.0.1"),))] == 1
     assert samples[("fixedip_check_last_run_timestamp_seconds", ())] >= before
     assert not list(tmp_path.glob("*.tmp*"))  # written atomically, nothing left behind
+
+
+def test_watch_table_shows_what_each_changed_row_was(echo_site: EchoSite, zone: Zone) -> None:
+    out = fixedip("check", "--watch", "0.1", "--count", "2", *_args(echo_site, zone))
+    assert out.returncode == 1
+    first, _, changes = out.stdout.partition("changes at")
+    assert "fixedip check" in first and "exit status" in first
+    assert "was" in changes and "203.0.113.98" in changes  # /flip turned on the second run

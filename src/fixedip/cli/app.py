@@ -33,7 +33,7 @@ app = typer.Typer(
 app.command("serve")(serve_cmd.serve)
 app.command("status")(status_cmd.status)
 app.command("ips")(ips_cmd.ips)
-app.command("check")(check_cmd.check)
+app.command("check", cls=check_cmd.MonitoringCommand)(check_cmd.check)
 app.add_typer(check_cmd.ranges_app, name="ranges")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(flows_cmd.app, name="flows")

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
 from fixedip.check.dnsbl import DEFAULT_ZONES
 from fixedip.check.echo import DEFAULT_ECHO_URLS, ECHO_TIMEOUT_S, parse_via
@@ -67,6 +68,31 @@ def _urls(values: list[str]) -> list[str]:
                 f"{value!r}: use an http:// or https:// URL", param_hint="--echo"
             )
     return values
+
+
+# Typer may vendor its own click: take UsageError from typer's BadParameter, not `click`.
+_USAGE_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
+
+
+class MonitoringCommand(TyperCommand):
+    """Usage errors of `fixedip check` exit 3 ("could not run"), as monitoring plugins'
+    do: its exit status 2 means a check failed."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _USAGE_ERROR as exc:
+            exc.exit_code = COULD_NOT_RUN  # type: ignore[attr-defined]
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _USAGE_ERROR as exc:
+            exc.exit_code = COULD_NOT_RUN  # type: ignore[attr-defined]
+            raise
 
 
 def check(
@@ -144,7 +170,7 @@ def check(
     blocklists, and is it on the vendor's allowlist.
 
     Exit status: 0 all pass, 1 a warning (or a result that could not be determined),
-    2 a failure, 3 the check could not run.
+    2 a failure, 3 the check could not run (including a bad option).
     """
     output = _format(output)
     opts = CheckOptions(
