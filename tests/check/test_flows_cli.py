@@ -136,8 +136,18 @@ def test_exit_2_for_a_truncated_gzip_file_after_reading_what_it_could(tmp_path: 
     run = analyze(cut)
     assert run.exit_code == 2
     row = run.report["inputs"][0]
-    assert "cannot read to the end" in row["error"]
+    assert row["error"].startswith(f"{cut}: broken gzip data after line ")
     assert row["records"] > 0
+
+
+def test_exit_2_for_gzip_magic_on_something_else_and_for_a_directory(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.log"
+    fake.write_bytes(b"\x1f\x8b not gzip at all")
+    run = analyze(fake, tmp_path)
+    assert run.exit_code == 2
+    errors = [row["error"] for row in run.report["inputs"]]
+    assert errors[0].startswith(f"{fake}: broken gzip data at the start: ")
+    assert errors[1] == f"{tmp_path}: Is a directory"
 
 
 def test_exit_2_for_bad_options() -> None:

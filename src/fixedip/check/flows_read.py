@@ -9,6 +9,7 @@ and an input that cannot be read comes back with its error rather than raising.
 from __future__ import annotations
 
 import calendar
+import gzip
 import json
 import zlib
 from collections.abc import Iterator
@@ -49,7 +50,9 @@ def read_input(name: str, sink: FlowSink) -> InputStats:
                 read_vpc(sink, stats, rest)
             break
     except (OSError, EOFError, zlib.error) as exc:
-        stats.error = f"{name}: cannot read to the end (after line {stats.lines}): {exc}"
+        what = "broken gzip data" if isinstance(stream, gzip.GzipFile) else "read error"
+        where = f"after line {stats.lines}" if stats.lines else "at the start"
+        stats.error = f"{name}: {what} {where}: {exc}"
     finally:
         if name != STDIN:
             stream.close()
