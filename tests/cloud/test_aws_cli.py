@@ -10,6 +10,7 @@ from pathlib import Path
 from tests.cloud.conftest import CREDENTIALS, REGION, World
 
 FIXEDIP = Path(sys.executable).parent / "fixedip"
+RUN_TIMEOUT_S = 120  # generous: the suite shares two cores with everything else
 
 
 def fixedip_aws(world: World | None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -18,7 +19,7 @@ def fixedip_aws(world: World | None, *args: str) -> subprocess.CompletedProcess[
         [str(FIXEDIP), "aws", *args, "--region", REGION, *endpoint],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=RUN_TIMEOUT_S,
         stdin=subprocess.DEVNULL,
         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", **CREDENTIALS},
         check=False,
@@ -110,7 +111,7 @@ def test_unreachable_endpoint_is_could_not_run(aws: World) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=RUN_TIMEOUT_S,
         stdin=subprocess.DEVNULL,
         env={"PATH": "/usr/bin:/bin", "AWS_MAX_ATTEMPTS": "1", **CREDENTIALS},
         check=False,
