@@ -185,6 +185,16 @@ def test_fixedip_lines_that_are_not_flow_records_are_malformed(tmp_path: Path) -
     assert (stats.records, stats.malformed) == (2, 5)
 
 
+def test_gateway_times_that_are_not_dates_are_malformed(tmp_path: Path) -> None:
+    log = tmp_path / "flow.jsonl"
+    log.write_text(
+        '{"time": "2024-13-45T99:00:00.000Z", "host": "a.example", "port": 443}\n'
+        '{"time": "2024-05-01T12:00:00.000Z", "host": "a.example", "port": 443}\n'
+    )
+    stats = read_input(str(log), FlowAnalysis())
+    assert (stats.records, stats.malformed) == (1, 1)
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -26,7 +26,7 @@ STDIN = "-"
 
 
 class InputError(Exception):
-    """An input that cannot be read at all (missing, unreadable, corrupt compression)."""
+    """An input that cannot be opened (missing, a directory, no permission)."""
 
 
 class FlowSink(Protocol):
@@ -111,8 +111,10 @@ class _Prefixed(io.RawIOBase):
 def open_binary(name: str) -> BinaryIO:
     """Open a file (or "-" for standard input), decompressing gzip found by magic bytes."""
     try:
-        # Closed by the caller (read_input).
-        raw: BinaryIO = sys.stdin.buffer if name == STDIN else Path(name).open("rb")  # noqa: SIM115
+        # Closed by the caller (read_input). Unbuffered: the reader below buffers.
+        raw: BinaryIO = (
+            sys.stdin.buffer if name == STDIN else Path(name).open("rb", buffering=0)  # noqa: SIM115
+        )
     except OSError as exc:
         raise InputError(f"{name}: {exc.strerror or exc}") from None
     try:
