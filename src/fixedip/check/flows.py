@@ -511,7 +511,9 @@ class FlowAnalysis:
         destinations = self.destinations
         if len(destinations) >= self.max_keys:
             new = self.baseline is not None and key not in self.baseline
-            if internal is not None and self._internal_overflow < self.max_keys:
+            # as in the report: an internal address listed in --expect is no finding
+            inside = internal is not None and (unexpected or not self.expect)
+            if inside and self._internal_overflow < self.max_keys:
                 self._internal_overflow += 1
             elif (unexpected or new) and self._finding_overflow < self.max_keys:
                 self._finding_overflow += 1
@@ -519,7 +521,7 @@ class FlowAnalysis:
                 self._window(when, nbytes)
                 self.untracked_records += 1
                 self.untracked_bytes += nbytes
-                if internal is not None or unexpected or new:
+                if inside or unexpected or new:
                     self.untracked_findings += 1
                 return None
         d = destinations[key] = Destination(key[0], key[1], key[2], when)
