@@ -171,3 +171,19 @@ def test_handler_imports_flat_with_only_boto3_and_the_standard_library(tmp_path:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_create_waits_for_lambda_to_make_the_enis(
+    aws: World, responses: ResponseServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(eni_resource, "POLL_S", 0.2)
+    aws.function("billing")
+    made: list[str] = []
+    later = threading.Timer(1.0, lambda: made.append(aws.lambda_eni("billing", aws.subnets[0])))
+    later.start()
+    try:
+        body = run(aws, responses, "Create", FunctionName="billing", WaitSeconds=30)
+    finally:
+        later.join(10)
+    assert body["Status"] == "SUCCESS", body["Reason"]
+    assert body["Data"]["EgressIps"] == aws.public_ip_of(made[0])
