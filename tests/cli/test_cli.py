@@ -120,7 +120,12 @@ def test_config_check_prints_the_effective_config_with_redacted_hashes(tmp_path:
         {"bind": "127.0.0.11", "public": "203.0.113.7"},
     ]
     assert effective["egress"]["strategy"] == "failover"
-    assert effective["listen"] == {"http": "127.0.0.1:3128", "socks": "127.0.0.1:1080", "admin": ""}
+    assert effective["listen"] == {
+        "http": "127.0.0.1:3128",
+        "socks": "127.0.0.1:1080",
+        "admin": "",
+        "https": "",
+    }
     assert effective["timeouts"]["connect_s"] == 10
 
 
@@ -141,7 +146,7 @@ BAD_CONFIGS = [
     (
         "tls",
         '[egress]\nips = ["127.0.0.10"]\n[tls]\ncert = "c.pem"\n',
-        "tls: the [tls] section (the TLS listener) is not supported yet",
+        "tls.key: required key is missing",
     ),
 ]
 
