@@ -168,6 +168,13 @@ def test_gateway_destinations_match_names_globs_and_cidrs() -> None:
     assert "files.example.net:443" not in names(by_address["unexpected_destinations"])
 
 
+def test_expect_takes_bracketed_ipv6_networks_too() -> None:
+    expect = AddressSet(["[2600:1f18::]/32", "fd00:ec2::254"])
+    assert expect.matches_address(ipaddress.ip_address("2600:1f18:243e::5"))
+    assert expect.matches_address(ipaddress.ip_address("fd00:ec2::254"))
+    assert not expect.matches_address(ipaddress.ip_address("2600:1f19::1"))
+
+
 def test_glob_matches_subdomains_but_never_the_apex() -> None:
     expect = AddressSet(["*.commercetools.com"])
     assert expect.matches_name("api.europe-west1.gcp.commercetools.com")

@@ -154,7 +154,9 @@ def test_exit_2_for_bad_options() -> None:
     cases = [
         (("--since", "last tuesday"), "error: --since: 'last tuesday' is not a time"),
         (("--expect", "10.0.0.0/33"), "error: --expect: '10.0.0.0/33' is not a valid"),
-        (("--expect", "bad..name"), "error: --expect: "),
+        (("--expect", "bad..name"), "error: --expect: 'bad..name' has an empty label"),
+        (("--expect", "api.stripe.com:443"), "error: --expect: 'api.stripe.com:443' is not a"),
+        (("--local", "*"), "error: --local takes addresses or CIDRs"),
         (("--local", "gateway.internal"), "error: --local takes addresses or CIDRs"),
         (
             ("--baseline-until", "2024-05-01", "--baseline", str(GATEWAY_LOG)),

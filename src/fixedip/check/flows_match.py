@@ -88,7 +88,7 @@ class AddressSet:
     def _add(self, value: str) -> None:
         self.text.append(value)
         try:
-            network = ipaddress.ip_network(value.strip("[]"), strict=False)
+            network = ipaddress.ip_network(value.replace("[", "").replace("]", ""), strict=False)
         except ValueError:
             pass
         else:
@@ -97,7 +97,10 @@ class AddressSet:
                 self._ipv4.append((int(network.network_address), int(network.netmask)))
             return
         if "/" in value or is_ip_literal(value):
-            raise ValueError(f"'{value}' is not a valid address or network")
+            raise ValueError(
+                f"'{value}' is not a valid address or network: write a host name, "
+                "*.domain, address or CIDR, without a port"
+            )
         try:
             rule = parse_rule(f"{value}:*")
         except ValueError as exc:
