@@ -153,3 +153,13 @@ def test_detach_releases_what_fixedip_allocated_and_untags_the_rest(aws: World) 
     assert [a["AllocationId"] for a in remaining] == [mine["AllocationId"]]
     assert not remaining[0].get("Tags") and not remaining[0].get("NetworkInterfaceId")
     assert all(aws.public_ip_of(e) is None for e in enis)
+
+
+def test_an_address_already_on_one_of_the_functions_enis_is_accepted(aws: World) -> None:
+    aws.function("billing")
+    first, second = aws.lambda_enis("billing")
+    manual = aws.ec2.allocate_address(Domain="vpc")
+    aws.ec2.associate_address(AllocationId=manual["AllocationId"], NetworkInterfaceId=first)
+    result = attach(aws, "billing", eips=[manual["AllocationId"]], allocate=True)
+    assert result.egress[first] == manual["PublicIp"]
+    assert len(result.actions) == 1 and second in result.actions[0]

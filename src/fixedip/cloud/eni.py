@@ -216,8 +216,9 @@ def plan_attach(
     An ENI that already has an EIP is left alone, so a second run plans nothing.
     """
     explicit = list(explicit or [])
+    current = {e.eni_id for e in state.enis}
     for eip in explicit:
-        if eip.eni_id and eip.function != state.network.name:
+        if eip.eni_id and eip.eni_id not in current and eip.function != state.network.name:
             raise CloudError(
                 f"{eip.allocation_id} ({eip.public_ip}) is associated with {eip.eni_id}, "
                 "which is not one of this function's ENIs: disassociate it first or pick another"
