@@ -230,7 +230,7 @@ def prices_command(
         return
     out = Table(title=f"fixedip plan prices ({table.origin}; {table.hours_per_month} h/month)")
     for column in ("key", "item", "USD", "unit", "per month", "region", "read", "source"):
-        out.add_column(column, overflow="fold")
+        out.add_column(column, overflow="fold", no_wrap=column in ("key", "USD", "read"))
     for row in rows:
         status = "" if row["status"] == "sourced" else f" [yellow]({row['status']})[/yellow]"
         out.add_row(
