@@ -46,6 +46,7 @@ def start_pair(
     dns: DNSServer,
     moto: MotoServer,
     aws: dict[str, Any],
+    floating_egress: str | None = None,
 ) -> dict[str, Member]:
     members = {}
     for name, egress, instance in (
@@ -59,6 +60,9 @@ def start_pair(
             "instance_id": instance,
             "floating_eips": [aws["eip"]],
         }
+        if floating_egress is not None:  # both may bind it on loopback; only the holder should
+            config["fleet"]["aws"]["private_ip"] = floating_egress
+            config["egress"]["ips"].append({"bind": floating_egress, "public": aws["ip"]})
         members[instance] = fleet_members(config)
     wait_until(lambda: holder(aws) in members, 10, "the floating EIP got a holder")
     return members
@@ -182,3 +186,31 @@ def test_fixedip_ips_without_redis_exits_3_and_prints_nothing(tmp_path: Path) ->
     )
     assert reply.returncode == 3 and reply.stdout == ""
     assert "cannot ask Redis at redis://127.0.0.1:9/0" in reply.stderr
+
+
+def test_the_floating_address_is_an_egress_ip_only_on_the_holder(
+    tmp_path: Path,
+    fleet_members: Any,
+    redis_server: RedisServer,
+    dns: DNSServer,
+    moto: MotoServer,
+    aws: dict[str, Any],
+) -> None:
+    floating = "127.0.0.12"
+    members = start_pair(tmp_path, fleet_members, redis_server, dns, moto, aws, floating)
+
+    def state_of(member: Member) -> dict[str, Any]:
+        _, body = member.admin("/egress")
+        return next(ip for ip in json.loads(body)["egress"] if ip["bind"] == floating)
+
+    owner_instance = holder(aws)
+    owner = members[owner_instance or ""]
+    other_instance = next(i for i in members if i != owner_instance)
+    other = members[other_instance]
+    wait_until(lambda: state_of(owner)["state"] == "up", 5, "the holder uses the floating IP")
+    assert state_of(owner)["public"] == aws["ip"]
+    assert state_of(other)["state"] == "down"
+    assert "held by another fleet member" in state_of(other)["reason"]
+    owner.kill()
+    wait_until(lambda: holder(aws) == other_instance, FAILOVER_TARGET_S, "EIP failover")
+    wait_until(lambda: state_of(other)["state"] == "up", 5, "the new holder uses it")

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from fixedip.fleet.link import Link
@@ -100,6 +101,16 @@ class FloatingEIPs:
         self._check = link.redis.script(CHECK)
         self._ticks = 0
         self.stopping = False
+        # Told whether this member holds any floating EIP now (the gateway uses
+        # `private_ip` as an egress address only then).
+        self.on_change: Callable[[bool], None] | None = None
+        self._told: bool | None = None
+
+    def _notify(self) -> None:
+        holding = bool(self.held)
+        if self.on_change is not None and holding != self._told:
+            self._told = holding
+            self.on_change(holding)
 
     def _keys(self, alloc: str) -> list[str]:
         return [self.link.key("eip", alloc), self.link.key("eip", alloc, "fence")]
@@ -157,6 +168,7 @@ class FloatingEIPs:
                 await self._associate(alloc, token, check_first=not fresh)
             if to_me:
                 link.redis.fire("DEL", link.key("eip", alloc, "handoff"))
+        self._notify()
 
     async def _associate(self, alloc: str, token: int, check_first: bool) -> None:
         link = self.link
@@ -228,6 +240,7 @@ class FloatingEIPs:
                 return
             log.info("fleet: floating EIP %s handed to %s", alloc, peer)
         self.held.clear()
+        self._notify()
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [

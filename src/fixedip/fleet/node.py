@@ -24,6 +24,7 @@ from fixedip.fleet.receipts import FleetReceipts
 from fixedip.fleet.resp import ReplyError, StoreUnavailable
 from fixedip.fleet.settings import FleetConfig
 from fixedip.fleet.store import CanaryLock, FleetHealthStore, FleetLimitStore
+from fixedip.identity.pool import EgressPool, EgressState
 
 log = logging.getLogger("fixedip.fleet")
 
@@ -106,6 +107,33 @@ class FleetNode:
         await self.membership.beat()
         self.limits.renew()
         await self.health.pull()
+
+    def gate_floating_egress(
+        self, pool: Callable[[], EgressPool], report: Callable[[EgressState], None]
+    ) -> None:
+        """`[fleet.aws] private_ip` in egress.ips leaves as the floating EIP only on its
+        holder: on every other member it is withheld from the pool (a connection from it
+        would have no public address). `pool` gives the current pool (reloads replace
+        it); `report` is told when the entry goes up or down."""
+        aws = self.settings.aws
+        if self.eips is None or aws is None or aws.private_ip is None:
+            return
+        address = aws.private_ip
+        if pool().get(address) is None:
+            return
+
+        def changed(holding: bool) -> None:
+            current = pool()
+            if holding:
+                current.restore(address)
+            else:
+                current.withhold(address, "its floating EIP is held by another fleet member")
+            state = current.get(address)
+            if state is not None:
+                report(state)
+
+        self.eips.on_change = changed
+        changed(False)
 
     # views ------------------------------------------------------------------------
     @property

@@ -259,6 +259,10 @@ class Gateway:
         for state in self.runtime.pool.states:
             self.metrics.set_egress(str(state.bind), str(state.public), state.up)
         if self.fleet is not None:
+            self.fleet.gate_floating_egress(
+                lambda: self.runtime.pool,
+                lambda s: self.metrics.set_egress(s.bind_text, s.public_text, s.up),
+            )
             try:
                 await self.fleet.start()
             except Exception as exc:  # AWS: credentials, unknown EIPs, no metadata service

@@ -67,6 +67,9 @@ class EgressPool:
         previous: EgressPool | None = None,
     ) -> None:
         self.strategy: Strategy = strategy
+        # Addresses held out of use by someone who knows better than a bind probe (a
+        # floating EIP another fleet member holds): recheck() leaves them down.
+        self.withheld: dict[IPAddress, str] = dict(previous.withheld) if previous else {}
         old = {s.bind: s for s in previous.states} if previous else {}
         self.states: list[EgressState] = []
         for bind, public in ips:
@@ -149,10 +152,27 @@ class EgressPool:
             state.up, state.reason, state.since = False, reason, time.time()
             self._refresh()
 
+    def withhold(self, address: IPAddress, reason: str) -> None:
+        """Keep `address` out of use until `restore()`, whatever a bind probe says."""
+        self.withheld[address] = reason
+        state = self._by_addr.get(address)
+        if state is not None:
+            self.mark_down(state, reason)
+
+    def restore(self, address: IPAddress) -> None:
+        """End `withhold()`: the address is used again if it can be bound."""
+        if self.withheld.pop(address, None) is not None:
+            state = self._by_addr.get(address)
+            if state is not None and not state.up and probe_bind(state.bind) is None:
+                state.up, state.reason, state.since = True, "", time.time()
+                self._refresh()
+
     def recheck(self) -> list[EgressState]:
         """Try to bind every down address again; returns the ones that came back."""
         back = []
         for state in self.states:
+            if state.bind in self.withheld:
+                continue
             if not state.up and probe_bind(state.bind) is None:
                 state.up, state.reason, state.since = True, "", time.time()
                 back.append(state)
