@@ -233,23 +233,34 @@ class Zone:
 
         self.records: dict[tuple[str, str], list[str] | str] = {}
         self.queries: list[tuple[str, str]] = []
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
         quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data")
         # UDP truncates answers over 512 bytes (TC set); the same port over TCP has them.
-        self.servers = [
-            DNSServer(
-                Resolver(),
-                port=self.port,
-                address="127.0.0.1",
-                logger=quiet,
-                tcp=tcp,
-                handler=Handler,
-            )
-            for tcp in (False, True)
-        ]
+        # A port free for UDP may be taken for TCP: try a few until both bind.
+        for _ in range(20):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+            probe.close()
+            self.servers = []
+            try:
+                for tcp in (False, True):
+                    self.servers.append(
+                        DNSServer(
+                            Resolver(),
+                            port=self.port,
+                            address="127.0.0.1",
+                            logger=quiet,
+                            tcp=tcp,
+                            handler=Handler,
+                        )
+                    )
+            except OSError:
+                for server in self.servers:
+                    server.server.server_close()
+                continue
+            break
+        else:
+            raise RuntimeError("no port free for both UDP and TCP on 127.0.0.1")
         for server in self.servers:
             server.start_thread()
 
