@@ -50,6 +50,7 @@ def analyze(
     files: Annotated[
         list[str],
         typer.Argument(
+            metavar="FILE",
             help="Flow logs to read: fixedip JSON lines or VPC Flow Logs, plain or gzip; "
             "'-' reads standard input.",
             show_default=False,
@@ -59,6 +60,7 @@ def analyze(
         list[str] | None,
         typer.Option(
             "--expect",
+            metavar="CIDR|HOST",
             help="An expected destination: a CIDR or address (matches VPC and fixedip "
             "records), a host name or *.domain (fixedip records). Repeat, or separate "
             "with commas. Anything else is reported as unexpected.",
@@ -68,6 +70,7 @@ def analyze(
         str | None,
         typer.Option(
             "--since",
+            metavar="TIME",
             help="Only records from this time on: 2024-05-01T12:00:00Z, 2024-05-01, "
             "epoch seconds, or an age such as 24h or 7d.",
         ),
@@ -76,6 +79,7 @@ def analyze(
         str | None,
         typer.Option(
             "--baseline-until",
+            metavar="TIME",
             help="Records before this time are the baseline; destinations first seen "
             "after it are reported as new. The report covers the records after it.",
         ),
@@ -84,6 +88,7 @@ def analyze(
         list[str] | None,
         typer.Option(
             "--baseline",
+            metavar="FILE",
             help="A flow log holding the baseline (repeat for several); destinations "
             "of FILE... that it lacks are reported as new.",
         ),
@@ -92,6 +97,7 @@ def analyze(
         list[str] | None,
         typer.Option(
             "--local",
+            metavar="CIDR",
             help="Our own addresses or CIDRs (the gateway's private IP): VPC connections "
             "to them are inbound, not destinations.",
         ),
