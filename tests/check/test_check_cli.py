@@ -514,3 +514,18 @@ def test_a_bad_option_means_could_not_run_not_failure(args: list[str]) -> None:
     out = fixedip("check", *args)
     assert out.returncode == 3, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_an_echo_the_client_may_not_reach_is_unknown_with_the_gateways_reason(
+    gateway: RunningGateway, https_vendor: TLSVendor, echo_site: EchoSite
+) -> None:
+    # billing may CONNECT to port 443 only; the https echo listens elsewhere.
+    out = check(
+        "--via", gateway.proxy_url(), "--echo", https_vendor.url("/echo"),
+        "--echo", echo_site.url("/plain"), "--no-dnsbl", "--resolver", "127.0.0.1:9",
+        "--timeout", "1", "--ranges-cache", "/nonexistent",
+    )  # fmt: skip
+    row = rows(out)[("echo", https_vendor.url("/echo"))]
+    assert row["status"] == "unknown"
+    assert row["reason"].startswith("no answer: the proxy refused CONNECT: 403")
+    assert https_vendor.server.seen == []
