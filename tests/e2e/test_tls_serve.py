@@ -3,15 +3,18 @@ certificate, bad files stop it with exit 2, and plain listeners off loopback are
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import VendorServer
 from tests.serve import FIXEDIP, ServeProcess, client, serve_config, write_config
-from tests.tlskit import GatewayPKI, expired, served_serial
+from tests.tlskit import GatewayPKI, expired, forward_get, served_serial, tls_connect
 
 ServeFactory = Callable[[dict[str, Any]], ServeProcess]
 
@@ -113,3 +116,18 @@ def test_two_workers_share_the_tls_port_and_both_reload(
         assert time.monotonic() < deadline, "both workers should log the reload"
         time.sleep(0.05)
     assert {served_serial(address, pki) for _ in range(8)} == {renewed}
+
+
+def test_sigterm_closes_idle_tls_connections_and_exits_0(
+    serve: ServeFactory, pki: GatewayPKI, tmp_path: Path, vendor: VendorServer
+) -> None:
+    data = tls_config(tmp_path, pki)
+    data["timeouts"]["shutdown_grace_s"] = 60
+    gateway = serve(data)
+    with tls_connect(gateway.addresses["https"], pki.client_context()) as sock:
+        assert forward_get(sock, vendor.url("/before")).startswith(b"HTTP/1.1 200")
+        gateway.signal(signal.SIGTERM)
+        # Well before shutdown_grace_s (60 s here): the idle connection is not waited for.
+        assert gateway.wait_exit(timeout=30) == 0
+        with contextlib.suppress(ssl.SSLError, ConnectionError):  # or cut: nothing more
+            assert sock.recv(1) == b""  # closed by the gateway (close_notify, then FIN)

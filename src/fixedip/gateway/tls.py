@@ -50,6 +50,10 @@ SESSION_TICKETS = 2
 LISTEN_BACKLOG = 4096
 ACCEPT_BATCH = 64  # connections accepted per readiness event
 ACCEPT_PAUSE_S = 0.1  # out of file descriptors: wait this long before accepting again
+# Closing a TLS connection sends close_notify and waits for the client's; a client that
+# never answers (idle in a pool, gone) is cut after this, so closed connections do not
+# linger in the connection count or hold up a drain (asyncio's default is 30 s).
+SHUTDOWN_TIMEOUT_S = 2.0
 
 
 class TlsConfig(Section):
@@ -286,7 +290,11 @@ class TlsListener:
 
         try:
             transport, _ = await self.gw.loop.connect_accepted_socket(
-                named, conn, ssl=self.context, ssl_handshake_timeout=timeout
+                named,
+                conn,
+                ssl=self.context,
+                ssl_handshake_timeout=timeout,
+                ssl_shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             )
         except (OSError, EOFError) as exc:
             # uvloop and asyncio abort a handshake past its timeout with this error
