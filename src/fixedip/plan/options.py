@@ -150,6 +150,10 @@ def eni_eips(inputs: Inputs, prices: PriceTable) -> Option:
         "combination) in public subnets; no NAT. `fixedip aws attach-eips` sets them up, "
         "`fixedip aws check` finds drift."
     )
+    if inputs.ips != n:
+        why += (
+            f" The vendor allowlists {n} IP{'s' if n != 1 else ''} (one per ENI), not {inputs.ips}."
+        )
     if inputs.env == "prod":
         why += (
             " Not for production: a subnet or security-group change makes new ENIs without "
