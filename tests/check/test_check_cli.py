@@ -529,3 +529,31 @@ def test_an_echo_the_client_may_not_reach_is_unknown_with_the_gateways_reason(
     assert row["status"] == "unknown"
     assert row["reason"].startswith("no answer: the proxy refused CONNECT: 403")
     assert https_vendor.server.seen == []
+
+
+def test_a_spamhaus_policy_listing_is_only_a_warning(zone: Zone) -> None:
+    zone.ptr(PUBLIC_A, "gw-a.example.test")
+    name = ".".join(reversed(PUBLIC_A.split("."))) + ".zen.spamhaus.org"
+    zone.records[(name, "A")] = ["127.0.0.10"]  # PBL: end-user space (asked on loopback only)
+    out = check(
+        "--no-echo", "--expect", PUBLIC_A, "--resolver", zone.address,
+        "--dnsbl", "zen.spamhaus.org", "--ranges-cache", "/nonexistent",
+    )  # fmt: skip
+    assert out.returncode == 1
+    row = rows(out)[("blocklist", f"zen.spamhaus.org {PUBLIC_A}")]
+    assert row["status"] == "warn" and "policy listing" in row["reason"]
+
+
+def test_range_files_older_than_30_days_are_a_warning(good_dns: Zone, ranges_cache: Path) -> None:
+    manifest_path = ranges_cache / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["sources"].values():
+        entry["fetched_at"] = "2025-01-01T00:00:00+00:00"
+    manifest_path.write_text(json.dumps(manifest))
+    out = check(
+        "--no-echo", "--expect", PUBLIC_A, "--resolver", good_dns.address, "--no-dnsbl",
+        "--ranges-cache", str(ranges_cache),
+    )  # fmt: skip
+    row = rows(out)[("ranges", "cache")]
+    assert row["status"] == "warn" and "fixedip ranges update" in row["reason"]
+    assert status_of(out, "cloud range", PUBLIC_A) == "pass"  # still looked up
