@@ -10,7 +10,7 @@ import hcl2
 import pytest
 import yaml
 
-from fixedip.plan.render import RenderParams, render
+from fixedip.plan.render import RenderError, RenderParams, render
 
 from .cases import CASES, case_id, render_case
 
@@ -141,3 +141,67 @@ def test_global_accelerator_fronts_the_alb_with_client_ip_preservation() -> None
     ]
     endpoint = tf("global-accelerator")[("aws_globalaccelerator_endpoint_group", "alb")]
     assert endpoint["endpoint_configuration"][0]["client_ip_preservation_enabled"] is True
+
+
+def test_fleet_may_associate_addresses_only_on_its_tagged_eips_and_instances() -> None:
+    template = cfn("fixedip-ha", name="payments")
+    role = template["Resources"]["GatewayRole"]["Properties"]
+    statements = role["Policies"][0]["PolicyDocument"]["Statement"]
+    associate = [s for s in statements if "ec2:AssociateAddress" in s["Action"]]
+    for statement in associate:
+        assert statement["Action"] == ["ec2:AssociateAddress"]
+        assert statement["Resource"] != "*"
+        assert statement["Condition"]
+    (tagged,) = [s for s in associate if s["Sid"] == "MoveTaggedEips"]
+    assert tagged["Condition"] == {"StringEquals": {"aws:ResourceTag/fixedip:fleet": "payments"}}
+    assert [r["Fn::Sub"].rsplit(":", 1)[1] for r in tagged["Resource"]] == [
+        "elastic-ip/*",
+        "instance/*",
+    ]
+    tf_role = tf("fixedip-ha", name="payments")[("aws_iam_role_policy", "gateway")]
+    assert '"aws:ResourceTag/fixedip:fleet" = "${local.name}"' in tf_role["policy"]
+
+
+def test_fleet_gateways_and_every_fleet_eip_carry_the_fleet_tag() -> None:
+    template = cfn("fixedip-ha", ips=2, floating=2)
+    fleet_tag = {"Key": "fixedip:fleet", "Value": "fixedip"}
+    instances = resources_of(template, "AWS::EC2::Instance")
+    assert sorted(instances) == ["Gateway1Instance", "Gateway2Instance"]
+    assert all(fleet_tag in props["Tags"] for props in instances.values())
+    eips = resources_of(template, "AWS::EC2::EIP")
+    assert len(eips) == 2 * 2 + 2
+    assert all(fleet_tag in props["Tags"] for props in eips.values())
+    floating = {k: v for k, v in eips.items() if k.startswith("Floating")}
+    assert len(floating) == 2
+    assert not any("InstanceId" in props for props in floating.values())
+
+
+def test_fleet_gateways_keep_spare_addresses_for_the_floating_eips() -> None:
+    template = cfn("fixedip-ha", ips=1, floating=2)
+    instance = template["Resources"]["Gateway1Instance"]["Properties"]
+    addresses = [
+        a["PrivateIpAddress"] for a in instance["NetworkInterfaces"][0]["PrivateIpAddresses"]
+    ]
+    assert addresses == ["10.42.0.10", "10.42.0.11", "10.42.0.12"]
+    associated = resources_of(template, "AWS::EC2::EIPAssociation")
+    assert associated == {}  # one own address: its EIP names the instance; spares stay free
+
+
+def test_fleet_redis_is_encrypted_authenticated_and_reachable_only_from_the_gateways() -> None:
+    template = cfn("fixedip-ha")
+    (redis,) = resources_of(template, "AWS::ElastiCache::ReplicationGroup").values()
+    assert redis["TransitEncryptionEnabled"] is True
+    assert redis["AtRestEncryptionEnabled"] is True
+    assert redis["AuthToken"] == {"Fn::Sub": "{{resolve:secretsmanager:${RedisAuthToken}}}"}
+    group = template["Resources"]["RedisSecurityGroup"]["Properties"]
+    (ingress,) = group["SecurityGroupIngress"]
+    assert ingress["SourceSecurityGroupId"] == {"Fn::GetAtt": ["GatewaySecurityGroup", "GroupId"]}
+    gateway = template["Resources"]["GatewaySecurityGroup"]["Properties"]
+    assert [(r["FromPort"], r["CidrIp"]) for r in gateway["SecurityGroupIngress"]] == [
+        (3129, "0.0.0.0/0")
+    ]
+
+
+def test_fleet_needs_two_availability_zones() -> None:
+    with pytest.raises(RenderError, match="fixedip-ha needs --azs 2 or more"):
+        render("fixedip-ha", "terraform", RenderParams(azs=1))

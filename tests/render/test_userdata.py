@@ -28,7 +28,7 @@ STUBS = {
     "useradd": "",
     "chgrp": "",
     "systemctl": "",
-    "aws": "",
+    "aws": 'case "$1" in secretsmanager) echo redis-auth-token ;; esac\n',
     "sleep": "",
     "id": "exit 1\n",
     "install": 'mkdir -p "${@: -1}"\n',
@@ -63,22 +63,31 @@ VALUES = {
     "ClientName": "billing",
     "ClientTokenHash": TOKEN_HASH,
     "Allow": "api.vendor.example:443 *.stripe.com:443",
+    # fixedip-ha only
+    "RedisHost": "fleet.redis.internal",
+    "RedisSecret": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:fleet-redis",
+    "FloatingEips": "eipalloc-0abc12345678 eipalloc-0def12345678",
 }
 
 
-def cloudformation_script(values: dict[str, str], **params: Any) -> str:
+def cloudformation_script(
+    values: dict[str, str],
+    option: str = "fixedip-vm",
+    instance: str = "GatewayInstance",
+    **params: Any,
+) -> str:
     """The user-data as CloudFormation hands it to the instance (Fn::Sub applied)."""
-    rendered = render("fixedip-vm", "cloudformation", RenderParams(**params))
+    rendered = render(option, "cloudformation", RenderParams(**params))
     template = yaml.safe_load(rendered.files["template.yaml"])
-    user_data = template["Resources"]["GatewayInstance"]["Properties"]["UserData"]
+    user_data = template["Resources"][instance]["Properties"]["UserData"]
     text, variables = user_data["Fn::Base64"]["Fn::Sub"]
     assert set(variables) <= set(values)
     return re.sub(r"\$\{([A-Za-z]+)\}", lambda m: values[m.group(1)], text).replace("${!", "${")
 
 
-def terraform_script(values: dict[str, str], **params: Any) -> str:
-    """The user-data as Terraform interpolates it."""
-    text = render("fixedip-vm", "terraform", RenderParams(**params)).files["main.tf"].decode()
+def terraform_script(values: dict[str, str], option: str = "fixedip-vm", **params: Any) -> str:
+    """The user-data (of the first instance) as Terraform interpolates it."""
+    text = render(option, "terraform", RenderParams(**params)).files["main.tf"].decode()
     body = re.search(r"user_data += <<-EOT\n(.*?)\n +EOT\n", text, re.S)
     assert body
     lines = body.group(1).split("\n")
@@ -89,8 +98,11 @@ def terraform_script(values: dict[str, str], **params: Any) -> str:
         "var.client_name": "ClientName",
         "var.client_token_hash": "ClientTokenHash",
         "var.allow": "Allow",
+        "aws_elasticache_replication_group.fleet.primary_endpoint_address": "RedisHost",
+        "aws_secretsmanager_secret.redis.arn": "RedisSecret",
+        'join(" ", aws_eip.floating[*].allocation_id)': "FloatingEips",
     }
-    script = re.sub(r"(?<!\$)\$\{([a-z_.]+)\}", lambda m: values[names[m.group(1)]], script)
+    script = re.sub(r"(?<!\$)\$\{([^}]+)\}", lambda m: values[names[m.group(1)]], script)
     return script.replace("$${", "${").replace("%%{", "%{")
 
 
@@ -172,6 +184,28 @@ def test_without_a_token_hash_the_gateway_starts_with_no_client(tmp_path: Path) 
     run_bootstrap(cloudformation_script({**VALUES, "ClientTokenHash": ""}), tmp_path)
     config_file = tmp_path / "etc/fixedip/fixedip.toml"
     assert parse(config_file.read_text(), str(config_file)).clients == []
+
+
+def test_terraform_and_cloudformation_hand_a_fleet_member_the_same_script() -> None:
+    cfn = cloudformation_script(VALUES, "fixedip-ha", "Gateway1Instance", floating=2)
+    assert terraform_script(VALUES, "fixedip-ha", floating=2) == cfn
+
+
+def test_fleet_bootstrap_joins_the_fleet_with_its_spare_address(tmp_path: Path) -> None:
+    script = cloudformation_script(VALUES, "fixedip-ha", "Gateway2Instance", ips=2, floating=1)
+    calls = run_bootstrap(script, tmp_path)
+    config_file = tmp_path / "etc/fixedip/fixedip.toml"
+    config = parse(config_file.read_text(), str(config_file))
+    assert config.fleet is not None
+    assert config.fleet.redis == "rediss://fleet.redis.internal:6379/0"
+    assert config.fleet.member == "i-0123456789abcdef0"
+    assert config.fleet.password == f"file:{tmp_path}/etc/fixedip/redis-password"
+    assert (tmp_path / "etc/fixedip/redis-password").read_text() == "redis-auth-token\n"
+    assert config.fleet.aws is not None
+    assert config.fleet.aws.floating_eips == ["eipalloc-0abc12345678", "eipalloc-0def12345678"]
+    # gateway 2 sits in the second public subnet; .10 and .11 carry its own EIPs
+    assert str(config.fleet.aws.private_ip) == "10.42.16.12"
+    assert any(c.startswith("aws secretsmanager get-secret-value") for c in calls)
 
 
 @pytest.mark.parametrize("bad", ['x" ; rm -rf /', "a'b", "$(reboot)", "`id`"])

@@ -35,6 +35,9 @@ def render_command(
     ips: Annotated[int, typer.Option(help="Fixed IPs per gateway (or Cloud NAT addresses).")] = (
         _DEFAULTS.ips
     ),
+    floating: Annotated[
+        int, typer.Option(help="fixedip-ha: Elastic IPs that move between the gateways.")
+    ] = _DEFAULTS.floating,
     instance_type: Annotated[
         str, typer.Option(help="Gateway instance type (arm64 for the default image).")
     ] = DEFAULT_INSTANCE_TYPE,
@@ -75,6 +78,7 @@ def render_command(
         region=region,
         azs=azs,
         ips=ips,
+        floating=floating,
         instance_type=instance_type,
         function_name=function_name,
         name=name,

@@ -16,7 +16,14 @@ from fixedip.plan.render.params import RenderError, RenderParams
 
 __all__ = ["FORMATS", "OPTION_IDS", "RenderError", "RenderParams", "Rendered", "render", "write"]
 
-OPTION_IDS = ("nat-gateway", "fixedip-vm", "global-accelerator", "eni-eips", "cloud-nat")
+OPTION_IDS = (
+    "nat-gateway",
+    "fixedip-vm",
+    "fixedip-ha",
+    "global-accelerator",
+    "eni-eips",
+    "cloud-nat",
+)
 FORMATS = ("terraform", "cloudformation")
 FILE_NAMES = {"terraform": "main.tf", "cloudformation": "template.yaml"}
 
@@ -54,7 +61,14 @@ class Option:
 @functools.cache
 def options() -> dict[str, Option]:
     """The renderable options by id (their modules load on first use)."""
-    from fixedip.plan.render import aws_accelerator, aws_eni, aws_gateway, aws_nat, gcp_nat
+    from fixedip.plan.render import (
+        aws_accelerator,
+        aws_eni,
+        aws_gateway,
+        aws_ha,
+        aws_nat,
+        gcp_nat,
+    )
 
     options = [
         Option(
@@ -68,6 +82,12 @@ def options() -> dict[str, Option]:
             "aws",
             "the fixedip gateway on a t4g instance with Elastic IPs, TLS listener only",
             {"terraform": aws_gateway.terraform, "cloudformation": aws_gateway.cloudformation},
+        ),
+        Option(
+            "fixedip-ha",
+            "aws",
+            "gateways in two or more AZs with floating Elastic IPs and a small Redis",
+            {"terraform": aws_ha.terraform, "cloudformation": aws_ha.cloudformation},
         ),
         Option(
             "global-accelerator",

@@ -116,7 +116,9 @@ def _tf_regex(pattern: str) -> str:
     return pattern.replace("\\", "\\\\")
 
 
-def tf_gateway_role() -> list[hcl.Block]:
+def tf_gateway_role(extra_statements: list[dict[str, Any]] | None = None) -> list[hcl.Block]:
+    """The gateways' role: Session Manager, publish the CA certificate, and whatever
+    `extra_statements` add (the fleet's)."""
     statements: list[dict[str, Any]] = [
         {
             "Sid": "PublishCaCertificate",
@@ -124,7 +126,8 @@ def tf_gateway_role() -> list[hcl.Block]:
             "Action": ["ssm:PutParameter"],
             "Resource": "arn:${data.aws_partition.current.partition}:ssm:${var.region}:"
             "${data.aws_caller_identity.current.account_id}:parameter/fixedip/${local.name}/*",
-        }
+        },
+        *(extra_statements or []),
     ]
     blocks = [
         hcl.data("aws_partition", "current", {}),
@@ -278,9 +281,12 @@ def tf_gateway(
     addresses: list[str],
     user_data: hcl.Heredoc,
     tags: dict[str, Any] | None = None,
+    eips: int | None = None,
 ) -> list[hcl.Block]:
-    """Instance (with `addresses`: primary, then secondary) and an Elastic IP on each
-    address for one gateway; resource names end in `index` ("" for the single VM)."""
+    """Instance (with `addresses`: primary, then secondary) and an Elastic IP on each of
+    the first `eips` addresses (default: all) for one gateway; resource names end in
+    `index` ("" for the single VM). Addresses without one are spare (floating EIPs)."""
+    eips = len(addresses) if eips is None else eips
     suffix = f"_{index}" if index else ""
     label = f"${{local.name}}-gateway{index and '-' + index}"
     extra_tags = tags or {}
@@ -319,10 +325,12 @@ def tf_gateway(
             "aws_eip",
             f"gateway{suffix}",
             {
-                "count": len(addresses),
+                "count": eips,
                 "domain": "vpc",
                 "instance": Expr(f"aws_instance.gateway{suffix}.id"),
-                "associate_with_private_ip": Expr(f"{hcl.expression(addresses)}[count.index]"),
+                "associate_with_private_ip": Expr(
+                    f"{hcl.expression(addresses[:eips])}[count.index]"
+                ),
                 "tags": {"Name": f"{label}-${{count.index + 1}}", **extra_tags},
                 "depends_on": Expr("[aws_internet_gateway.main]"),
             },
@@ -564,8 +572,10 @@ def cfn_gateway(
     addresses: list[str],
     user_data: Any,
     extra_tags: list[dict[str, Any]] | None = None,
+    eips: int | None = None,
 ) -> dict[str, Any]:
-    """Instance and Elastic IPs of one gateway (`Gateway{index}...`).
+    """Instance and Elastic IPs of one gateway (`Gateway{index}...`); as `tf_gateway`,
+    only the first `eips` addresses (default: all) get an Elastic IP here.
 
     One address: the instance names its subnet, group and private address directly and
     the Elastic IP names the instance (`InstanceId`: the forms moto honours). Several: the
@@ -626,7 +636,7 @@ def cfn_gateway(
             },
         },
     }
-    for i, address in enumerate(addresses):
+    for i, address in enumerate(addresses[: len(addresses) if eips is None else eips]):
         n = i + 1
         eip: dict[str, Any] = {
             "Domain": "vpc",

@@ -12,6 +12,7 @@ DEFAULT_REGION = {"aws": "eu-west-1", "gcp": "europe-west1"}
 DEFAULT_INSTANCE_TYPE = "t4g.small"
 MAX_AZS = 6
 MAX_IPS = 8
+MAX_FLOATING = 4
 # Ranges a VPC may use (RFC 1918, and the shared address space clouds accept).
 VPC_RANGES = tuple(
     ipaddress.IPv4Network(r)
@@ -46,6 +47,7 @@ class RenderParams:
     tls_name: str = "gateway.fixedip.internal"
     fixedip_version: str = __version__
     gcp_egress: str = "direct"  # direct | connector
+    floating: int = 1  # fixedip-ha: Elastic IPs that move between the gateways
 
     def for_cloud(self, cloud: str) -> RenderParams:
         """These parameters with the cloud's default region filled in, validated."""
@@ -66,6 +68,8 @@ class RenderParams:
             problems.append(f"--azs {self.azs}: expected 1 to {MAX_AZS}")
         if not 1 <= self.ips <= MAX_IPS:
             problems.append(f"--ips {self.ips}: expected 1 to {MAX_IPS}")
+        if not 1 <= self.floating <= MAX_FLOATING:
+            problems.append(f"--floating {self.floating}: expected 1 to {MAX_FLOATING}")
         if not _INSTANCE_TYPE.match(self.instance_type):
             problems.append(f"--instance-type {self.instance_type!r}: expected e.g. t4g.small")
         if not _FUNCTION.match(self.function_name):

@@ -123,23 +123,28 @@ fi
 
 _FLEET = """\
 
-# The fleet: shared state in Redis (TLS + AUTH), floating Elastic IPs held by one member.
+# The fleet: shared state in Redis (TLS + AUTH), floating Elastic IPs held by one member
+# at a time, associated with this gateway's spare private address while it holds one.
 REDIS_HOST='@@REDIS_HOST@@'
 REDIS_SECRET='@@REDIS_SECRET@@'
+FLOATING_PRIVATE_IP='@@FLOATING_PRIVATE_IP@@'
 FLOATING_EIPS='@@FLOATING_EIPS@@'
-REDIS_PASSWORD=$(aws secretsmanager get-secret-value --region "$REGION" \\
-  --secret-id "$REDIS_SECRET" --query SecretString --output text)
+aws secretsmanager get-secret-value --region "$REGION" --secret-id "$REDIS_SECRET" \\
+  --query SecretString --output text > /etc/fixedip/redis-password
+chgrp fixedip /etc/fixedip/redis-password
 FLOATING_TOML=""
 for eip in $FLOATING_EIPS; do FLOATING_TOML="$FLOATING_TOML\\"$eip\\", "; done
 cat >> /etc/fixedip/fixedip.toml <<EOF
 
 [fleet]
-redis = "rediss://:$REDIS_PASSWORD@$REDIS_HOST:6379/0"
+redis = "rediss://$REDIS_HOST:6379/0"
 member = "$INSTANCE_ID"
+password = "file:/etc/fixedip/redis-password"
 
 [fleet.aws]
 region = "$REGION"
 instance_id = "$INSTANCE_ID"
+private_ip = "$FLOATING_PRIVATE_IP"
 floating_eips = [$FLOATING_TOML]
 EOF
 """
