@@ -557,3 +557,47 @@ def test_range_files_older_than_30_days_are_a_warning(good_dns: Zone, ranges_cac
     row = rows(out)[("ranges", "cache")]
     assert row["status"] == "warn" and "fixedip ranges update" in row["reason"]
     assert status_of(out, "cloud range", PUBLIC_A) == "pass"  # still looked up
+
+
+def test_with_the_admin_api_every_pool_ip_is_checked_not_only_the_clients(
+    make_gateway: Callable[..., RunningGateway], echo_site: EchoSite, good_dns: Zone,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    echo_site.nat = {OTHER_EGRESS: PUBLIC_B}
+    gw = make_gateway(
+        egress={
+            "ips": [
+                {"bind": ALLOWED_EGRESS, "public": PUBLIC_A},
+                {"bind": OTHER_EGRESS, "public": PUBLIC_B},
+            ]
+        },
+        clients=[
+            {"name": "pinned", "token_hash": token_hash("pinned"), "allow": ["127.0.0.1:*"],
+             "egress": OTHER_EGRESS}
+        ],
+    )  # fmt: skip
+    allowlist = tmp_path / "allow.txt"
+    allowlist.write_text(f"{PUBLIC_B}\n")
+    out = check(
+        "--via", gw.proxy_url("pinned"), "--admin", f"http://{gw.admin[0]}:{gw.admin[1]}",
+        *echo_args(echo_site), "--allowlist", str(allowlist), "--expect", PUBLIC_B,
+        "--resolver", good_dns.address, "--no-dnsbl", "--ranges-cache", "/nonexistent",
+    )  # fmt: skip
+    assert out.returncode == 2
+    report = json.loads(out.stdout)
+    assert set(report["egress_ips"]) == {PUBLIC_A, PUBLIC_B}
+    pool = next(r for r in report["rows"] if r["check"] == "gateway pool")
+    assert pool["status"] == "pass" and PUBLIC_A in pool["reason"]
+    assert status_of(out, "allowlist", PUBLIC_A) == "fail"  # the pinned client never uses it
+    assert status_of(out, "allowlist", PUBLIC_B) == "pass"
+    assert any(r["check"] == "gateway pool vs expect" for r in report["rows"])
+    assert status_of(out, "reverse dns", PUBLIC_A) == "pass"
+
+
+def test_an_unreachable_admin_api_exits_3() -> None:
+    out = check(
+        "--admin", "http://127.0.0.1:9", "--no-echo", "--expect", PUBLIC_A, "--no-dnsbl",
+        "--resolver", "127.0.0.1:9", "--timeout", "0.5", "--ranges-cache", "/nonexistent",
+    )  # fmt: skip
+    assert out.returncode == 3
+    assert "could not read http://127.0.0.1:9/egress" in json.loads(out.stdout)["could_not_run"][0]

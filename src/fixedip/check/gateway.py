@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import ssl
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
 from fixedip.check.echo import ECHO_TIMEOUT_S, Via
 from fixedip.check.report import CheckError, Row, Status
 from fixedip.client._http import GatewayUnreachable, gateway_request
+
+MAX_ADMIN_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -135,3 +139,25 @@ def cross_check(view: GatewayView, seen: list[str], expected: set[str], subject:
                 )
             )
     return rows
+
+
+def ask_admin(url: str, timeout_s: float = ECHO_TIMEOUT_S) -> tuple[list[str], Row]:
+    """Every public egress IP of the whole pool, from the admin API's /egress (the
+    proxy's /egress shows one client's share only). CheckError if it cannot be read."""
+    endpoint = url.rstrip("/") + "/egress"
+    try:
+        with urllib.request.urlopen(endpoint, timeout=timeout_s) as response:
+            data = json.loads(response.read(MAX_ADMIN_BYTES))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise CheckError(f"could not read {endpoint}: {getattr(exc, 'reason', exc)}") from None
+    entries = [e for e in data.get("egress") or [] if isinstance(e, dict) and e.get("public")]
+    if not entries:
+        raise CheckError(f"{endpoint} lists no egress IPs")
+    ips = list(dict.fromkeys(str(e["public"]) for e in entries))
+    down = [
+        f"{e['public']} ({e.get('reason') or 'down'})" for e in entries if e.get("state") != "up"
+    ]
+    text = f"the pool leaves from {', '.join(ips)}"
+    if down:
+        return ips, Row("gateway pool", endpoint, Status.WARN, f"{text}; down: {', '.join(down)}")
+    return ips, Row("gateway pool", endpoint, Status.PASS, text)

@@ -15,7 +15,7 @@ from pathlib import Path
 from fixedip.check.allowlist import allowlist_rows, read_allowlist
 from fixedip.check.dnsbl import DEFAULT_ZONES, dnsbl_row
 from fixedip.check.echo import DEFAULT_ECHO_URLS, ECHO_TIMEOUT_S, Via, ask_all, judge
-from fixedip.check.gateway import GatewayView, ask_gateway, cross_check
+from fixedip.check.gateway import GatewayView, ask_admin, ask_gateway, cross_check
 from fixedip.check.rangefiles import RangeFileError
 from fixedip.check.ranges import RangeIndex, attribution_row, default_cache_dir
 from fixedip.check.rdns import rdns_row
@@ -28,6 +28,7 @@ MAX_DNS_WORKERS = 16
 @dataclass
 class CheckOptions:
     via: Via | None = None
+    admin: str | None = None  # a gateway's admin API: the whole pool's public IPs
     expect: list[str] = field(default_factory=list)
     allowlist: Path | None = None
     echo_urls: list[str] = field(default_factory=lambda: list(DEFAULT_ECHO_URLS))
@@ -53,7 +54,11 @@ def run_check(opts: CheckOptions) -> Report:
 def _gather(opts: CheckOptions, report: Report, loading: Future[RangeIndex]) -> None:
     expected = set(opts.expect)
     view: GatewayView | None = None
+    pool_ips: list[str] = []
     try:
+        if opts.admin is not None:
+            pool_ips, row = ask_admin(opts.admin, opts.timeout_s)
+            report.add(row)
         if opts.via is not None:
             view, row = ask_gateway(opts.via, opts.timeout_s)
             report.add(row)
@@ -61,7 +66,8 @@ def _gather(opts: CheckOptions, report: Report, loading: Future[RangeIndex]) -> 
     except CheckError as exc:
         report.could_not_run.append(str(exc))
         return
-    pool = set(view.all_ips) if view else set()
+    gateway_ips = _unique((view.all_ips if view else []) + pool_ips)
+    pool = set(gateway_ips)
     verdict = judge(answers, expected, pool)
     if answers:
         report.rows += verdict.rows
@@ -71,7 +77,17 @@ def _gather(opts: CheckOptions, report: Report, loading: Future[RangeIndex]) -> 
             )
     if view is not None and opts.via is not None:
         report.rows += cross_check(view, verdict.trusted, expected, opts.via.shown)
-    subjects = _unique(verdict.trusted + (view.all_ips if view else []) + opts.expect)
+    unexpected = [ip for ip in pool_ips if expected and ip not in expected]
+    if unexpected and opts.admin is not None:
+        report.add(
+            Row(
+                "gateway pool vs expect",
+                opts.admin,
+                Status.FAIL,
+                f"the pool may leave from {', '.join(unexpected)}, which is not expected",
+            )
+        )
+    subjects = _unique(verdict.trusted + gateway_ips + opts.expect)
     report.egress_ips = subjects
     if not subjects:
         if not report.could_not_run:
@@ -90,7 +106,7 @@ def _gather(opts: CheckOptions, report: Report, loading: Future[RangeIndex]) -> 
         except CheckError as exc:
             report.could_not_run.append(str(exc))
             return
-        ours = (view.all_ips if view else []) or opts.expect or verdict.trusted[:1]
+        ours = gateway_ips or opts.expect or verdict.trusted[:1]
         report.rows += allowlist_rows(entries, ours, index, opts.allowlist.name)
 
 

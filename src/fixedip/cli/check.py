@@ -104,6 +104,14 @@ def check(
             "https://… for its TLS listener) or any HTTP proxy.",
         ),
     ] = None,
+    admin: Annotated[
+        str | None,
+        typer.Option(
+            "--admin",
+            help="A fixedip gateway's admin API (http://127.0.0.1:9090): check every egress "
+            "IP of its pool, not only those the --via client may use.",
+        ),
+    ] = None,
     expect: Annotated[
         list[str] | None,
         typer.Option("--expect", help="An IP traffic must leave from (repeat for several)."),
@@ -173,7 +181,10 @@ def check(
     2 a failure, 3 the check could not run (including a bad option).
     """
     output = _format(output)
+    if admin is not None and not admin.startswith(("http://", "https://")):
+        raise typer.BadParameter("use the admin API's URL, e.g. http://127.0.0.1:9090")
     opts = CheckOptions(
+        admin=admin,
         expect=_ips(expect or [], "--expect"),
         allowlist=allowlist,
         echo_urls=[] if no_echo else _urls(echo or list(DEFAULT_ECHO_URLS)),
