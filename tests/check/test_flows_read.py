@@ -82,6 +82,9 @@ def test_header_accepts_format_string_and_underscore_spellings(tmp_path: Path) -
     assert header_fields("${srcaddr} ${dstaddr} ${dstport}") == ("srcaddr", "dstaddr", "dstport")
     assert header_fields("account_id srcaddr dstaddr") == ("account-id", "srcaddr", "dstaddr")
     assert header_fields("2 123456789012 eni-1 10.0.1.5") is None
+    assert header_fields("eni-0a1b2c3d ACCEPT OK") is None  # names nothing known
+    # a field AWS adds later is carried along (and ignored) beside known ones
+    assert header_fields("srcaddr dstaddr quantum-flux") == ("srcaddr", "dstaddr", "quantum-flux")
     log = tmp_path / "minimal.log"
     log.write_text(
         "${start} ${dstaddr} ${dstport} ${srcaddr} ${protocol} ${bytes} ${action}\n"

@@ -13,6 +13,7 @@ the instance and the real destination, where `srcaddr`/`dstaddr` hold the NAT it
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -72,6 +73,7 @@ VPC_KNOWN_FIELDS = frozenset(
     }
 )
 _REQUIRED_VPC_FIELDS = ("srcaddr", "dstaddr")
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9-]*")
 
 
 def header_fields(line: str) -> tuple[str, ...] | None:
@@ -79,12 +81,17 @@ def header_fields(line: str) -> tuple[str, ...] | None:
 
     Accepts the names as AWS writes them (`srcaddr dstaddr ...`), as a format string
     (`${srcaddr} ${dstaddr}`) or with underscores (`account_id`, as Athena spells them).
+    A name AWS adds after this was written is accepted (and its field ignored) as long as
+    the line also names fields known here; a data line never looks like that (its
+    numbers and addresses are no names).
     """
     names = tuple(
         token.removeprefix("${").removesuffix("}").replace("_", "-").lower()
         for token in line.split()
     )
-    if not names or any(name not in VPC_KNOWN_FIELDS for name in names):
+    if not names or not all(_FIELD_NAME.fullmatch(name) for name in names):
+        return None
+    if not any(name in VPC_KNOWN_FIELDS for name in names):
         return None
     return names
 

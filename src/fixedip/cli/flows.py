@@ -216,6 +216,8 @@ def _analysis(
 
 def _read_all(analysis: FlowAnalysis, files: list[str], baseline: list[str]) -> list[InputStats]:
     inputs: list[InputStats] = []
+    if STDIN in [*files, *baseline] and sys.stdin.isatty():
+        typer.echo("reading flow records from standard input (end with Ctrl-D)...", err=True)
     if baseline:
         analysis.begin_baseline_files(baseline)
         for name in baseline:
