@@ -78,7 +78,8 @@ class Destination:
         self.internal: str | None = None
         self.unexpected = False
         self.sources: list[str] = []
-        self.addresses: list[str] = []
+        # fixedip records only; VPC destinations share the empty tuple (memory per key)
+        self.addresses: list[str] | tuple[()] = ()
 
     @property
     def name(self) -> str:
@@ -394,7 +395,7 @@ class FlowAnalysis:
             return True
         d.internal, d.unexpected = internal, unexpected
         if resolved is not None:
-            d.addresses.append(resolved)
+            d.addresses = [resolved]
         return d
 
     def _see_address(self, d: Destination, host: str, resolved: str) -> bool:
@@ -406,7 +407,9 @@ class FlowAnalysis:
             d.internal = info.internal
         if not d.unexpected and self.expect and not self._host_expected(host):
             d.unexpected = not info.expected
-        if len(d.addresses) < MAX_ADDRESSES_PER_DESTINATION:
+        if not d.addresses:
+            d.addresses = [resolved]
+        elif len(d.addresses) < MAX_ADDRESSES_PER_DESTINATION:
             d.addresses.append(resolved)
         return True
 
