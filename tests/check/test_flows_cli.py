@@ -5,6 +5,7 @@ input, and the key cap on a generated large file."""
 from __future__ import annotations
 
 import gzip
+import socket
 from pathlib import Path
 
 import requests
@@ -21,7 +22,7 @@ from tests.check.flows_helpers import (
     names,
     run_fixedip,
 )
-from tests.helpers import TOKENS, read_flow_log, token_hash
+from tests.helpers import TOKENS, basic, read_flow_log, token_hash
 
 
 def test_a_real_gateway_log_shows_the_refused_ssrf_attempts(
@@ -38,12 +39,15 @@ def test_a_real_gateway_log_shows_the_refused_ssrf_attempts(
                 "name": "billing",
                 "token_hash": token_hash("billing"),
                 "allow": ["vendor.test:*", "*.evil.test:*", "169.254.169.254:*"],
+                "connect_ports": [vendor.port],
             }
         ],
     )
     proxies = {"http": gw.proxy_url()}
     ok = requests.get(f"http://vendor.test:{vendor.port}/ok", proxies=proxies, timeout=5)
     assert ok.status_code == 200
+    tunnelled = connect_and_get(gw, f"vendor.test:{vendor.port}")
+    assert tunnelled.startswith(b"HTTP/1.1 200")
     for url in (
         "http://metadata.evil.test/latest/meta-data/iam/",  # DNS points at the metadata service
         "http://169.254.169.254/latest/api/token",
@@ -53,7 +57,7 @@ def test_a_real_gateway_log_shows_the_refused_ssrf_attempts(
     bad_token = {"http": gw.proxy_url("billing", "wrong")}
     assert requests.get("http://vendor.test/", proxies=bad_token, timeout=5).status_code == 407
     log = tmp_path / "flow.jsonl"
-    assert len(read_flow_log(log, 5)) == 5
+    assert len(read_flow_log(log, 6)) == 6
 
     run = run_fixedip("flows", "analyze", log, "--expect", "vendor.test", "--format", "json")
     assert run.exit_code == 1, run.stderr
@@ -74,8 +78,26 @@ def test_a_real_gateway_log_shows_the_refused_ssrf_attempts(
     assert ("pastebin.example:80", "destination_not_allowed") in reasons
     assert any(reason.startswith("auth_invalid") for _, reason in reasons)
     vendor_row = next(d for d in report["top_destinations_by_bytes"] if d["host"] == "vendor.test")
-    assert vendor_row["addresses"] == ["127.0.0.1"] and vendor_row["bytes"] > 0
+    assert vendor_row["addresses"] == ["127.0.0.1"]
+    assert vendor_row["flows"] == 2  # the forwarded request and the tunnel
+    assert vendor_row["bytes"] > len(tunnelled)
     assert TOKENS["billing"] not in run.stdout
+
+
+def connect_and_get(gw, target: str) -> bytes:
+    """A CONNECT tunnel through the gateway, one GET inside it; the bytes that came back."""
+    auth = basic("billing", TOKENS["billing"])
+    with socket.create_connection(gw.http, timeout=5) as s:
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        s.sendall(f"GET /t HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode())
+        body = b""
+        while chunk := s.recv(65536):
+            body += chunk
+    return body
 
 
 def test_exit_0_when_everything_is_expected() -> None:
