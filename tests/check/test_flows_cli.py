@@ -179,6 +179,10 @@ def test_exit_2_for_bad_options() -> None:
         (("--expect", "bad..name"), "error: --expect: 'bad..name' has an empty label"),
         (("--expect", "api.stripe.com:443"), "error: --expect: 'api.stripe.com:443' is not a"),
         (("--local", "*"), "error: --local takes addresses or CIDRs"),
+        (
+            ("--since", "2024-05-02", "--baseline-until", "2024-05-01"),
+            "error: --since must be earlier than --baseline-until",
+        ),
         (("--local", "gateway.internal"), "error: --local takes addresses or CIDRs"),
         (
             ("--baseline-until", "2024-05-01", "--baseline", str(GATEWAY_LOG)),

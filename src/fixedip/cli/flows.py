@@ -205,6 +205,11 @@ def _analysis(
             times[option] = None if text is None else parse_time(text)
         except ValueError as exc:
             raise _usage_error(f"{option}: {exc}") from None
+    start, until = times["--since"], times["--baseline-until"]
+    if start is not None and until is not None and start >= until:
+        raise _usage_error(
+            "--since must be earlier than --baseline-until, or the baseline is empty"
+        )
     return FlowAnalysis(
         expect=expected,
         local=ours,
