@@ -190,3 +190,48 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], mess
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _config_with_tls(tmp_path: Path, cert: Path, key: Path) -> Path:
+    path = tmp_path / "fixedip.toml"
+    path.write_text(
+        '[egress]\nips = ["127.0.0.10"]\n[listen]\nhttps = "127.0.0.1:3129"\n'
+        f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+    )
+    return path
+
+
+def test_config_check_loads_the_tls_pair(tmp_path: Path) -> None:
+    out = tmp_path / "tls"
+    assert selfsigned("--name", "gw.test", "--out", str(out)).returncode == 0
+    good = _config_with_tls(tmp_path, out / "fullchain.pem", out / "privkey.pem")
+    result = subprocess.run(
+        [str(FIXEDIP), "config", "check", str(good)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "expires" not in result.stderr  # a year left: no warning
+
+
+def test_config_check_refuses_a_key_that_does_not_match(tmp_path: Path) -> None:
+    out = tmp_path / "tls"
+    other = tmp_path / "other"
+    assert selfsigned("--name", "gw.test", "--out", str(out)).returncode == 0
+    assert selfsigned("--name", "gw.test", "--out", str(other)).returncode == 0
+    bad = _config_with_tls(tmp_path, out / "fullchain.pem", other / "privkey.pem")
+    result = subprocess.run(
+        [str(FIXEDIP), "config", "check", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert f"tls.key: {other / 'privkey.pem'}: does not match the certificate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_check_warns_about_a_certificate_expiring_soon(tmp_path: Path) -> None:
+    out = tmp_path / "tls"
+    assert selfsigned("--name", "gw.test", "--out", str(out), "--days", "3").returncode == 0
+    path = _config_with_tls(tmp_path, out / "fullchain.pem", out / "privkey.pem")
+    result = subprocess.run(
+        [str(FIXEDIP), "config", "check", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert "# warning: tls.cert" in result.stderr and "renew it" in result.stderr

@@ -9,8 +9,11 @@ import tomli_w
 import typer
 
 from fixedip import config as config_mod
+from fixedip.gateway.tls import TlsConfig
 
 app = typer.Typer(help="Validate and explain configuration files.", no_args_is_help=True)
+
+EXPIRY_WARNING_DAYS = 14
 
 
 def load_or_exit(path: Path | None) -> config_mod.Config:
@@ -28,13 +31,35 @@ def check(
 ) -> None:
     """Validate FILE and print the effective configuration.
 
-    Defaults are filled in and token hashes redacted. Exit status 0 if valid, 2 if not.
+    Defaults are filled in and token hashes redacted. The TLS certificate and key it
+    names are checked as `fixedip serve` would load them. Exit status 0 if valid, 2 if not.
     """
     config = load_or_exit(file)
+    if config.tls is not None:
+        _check_tls_files(config.tls, file)
     typer.echo(f"# {file}: valid. Effective configuration (token hashes redacted):")
     typer.echo(tomli_w.dumps(config_mod.redacted(config)), nl=False)
     if not config.clients:
         typer.echo("# warning: no [[clients]]: every request will be refused with 407.", err=True)
+
+
+def _check_tls_files(tls: TlsConfig, file: Path) -> None:
+    """The certificate and key as `fixedip serve` would load them: exit 2 if it could not."""
+    import datetime
+
+    from fixedip.gateway.tls import TlsFileError, check_pair
+
+    try:
+        expires = check_pair(tls)
+    except TlsFileError as exc:
+        typer.echo(f"error: {file}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    left = expires - datetime.datetime.now(datetime.UTC)
+    if left < datetime.timedelta(days=EXPIRY_WARNING_DAYS):
+        typer.echo(
+            f"# warning: tls.cert {tls.cert} expires {expires:%Y-%m-%d %H:%M} UTC; renew it",
+            err=True,
+        )
 
 
 @app.command("example")
