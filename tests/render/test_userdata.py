@@ -7,16 +7,19 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
 from fixedip.config import parse
 from fixedip.plan.render import RenderParams, render, userdata
 
 BASH_TIMEOUT_S = 60
+FIXEDIP = Path(sys.executable).parent / "fixedip"
 TOKEN_HASH = "scrypt$14$8$1$F5bpy2iVo5ffEXRi5RkrFg$-jJWqU1I0xu-QCIao_szSg84DPKlKuFh0sWoxBiwxEU"
 # What the stand-in metadata service reports: public Elastic IP -> private address.
 ASSOCIATIONS = {"198.18.0.7": "198.19.0.10", "198.18.0.8": "198.19.0.11"}
@@ -32,17 +35,13 @@ STUBS = {
     "sleep": "",
     "id": "exit 1\n",
     "install": 'mkdir -p "${@: -1}"\n',
-    # `python3.11 -m venv DIR`: a venv whose pip only logs and whose fixedip writes the
-    # files `fixedip tls selfsigned` writes.
+    # `python3.11 -m venv DIR`: a venv whose pip only logs and whose fixedip is the real
+    # one (so `fixedip tls selfsigned` writes a real CA and certificate).
     "python3.11": (
         'mkdir -p "$3/bin"\n'
         'printf \'#!/bin/bash\\necho "pip $*" >> "@LOG@"\\n\' > "$3/bin/pip"\n'
-        "cat > \"$3/bin/fixedip\" <<'STUB'\n"
-        "#!/bin/bash\n"
-        'echo "fixedip $*" >> "@LOG@"\n'
-        'while [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; shift; done\n'
-        'mkdir -p "$out" && touch "$out/fullchain.pem" "$out/privkey.pem" "$out/ca.pem"\n'
-        "STUB\n"
+        'printf \'#!/bin/bash\\necho "fixedip $*" >> "@LOG@"\\nexec @FIXEDIP@ "$@"\\n\''
+        ' > "$3/bin/fixedip"\n'
         'chmod +x "$3/bin/pip" "$3/bin/fixedip"\n'
     ),
     "curl": (
@@ -116,7 +115,7 @@ def run_bootstrap(script: str, root: Path) -> list[str]:
     log = root / "calls.log"
     cases = " ".join(f"{public}) echo {private} ;;" for public, private in ASSOCIATIONS.items())
     for name, body in STUBS.items():
-        text = (STUB_HEAD + body).replace("@LOG@", str(log))
+        text = (STUB_HEAD + body).replace("@LOG@", str(log)).replace("@FIXEDIP@", str(FIXEDIP))
         text = text.replace("@PUBLICS@", " ".join(ASSOCIATIONS)).replace("@CASES@", cases)
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
@@ -174,6 +173,13 @@ def test_bootstrap_installs_fixedip_makes_the_certificate_and_starts_the_service
         c.startswith("aws ssm put-parameter --region eu-west-1 --name /fixedip/fixedip/ca-pem")
         for c in calls
     )
+    certificate = x509.load_pem_x509_certificate(
+        (tmp_path / "etc/fixedip/tls/fullchain.pem").read_bytes()
+    )
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(str(ip) for ip in names.get_values_for_type(x509.IPAddress)) == sorted(ips)
+    assert names.get_values_for_type(x509.DNSName) == ["gateway.fixedip.internal"]
+    assert (tmp_path / "etc/fixedip/tls/ca-key.pem").stat().st_mode & 0o777 == 0o600
     assert "systemctl enable --now fixedip.service" in calls
     unit = (tmp_path / "etc/systemd/system/fixedip.service").read_text()
     assert f"ExecStart={tmp_path}/opt/fixedip/bin/fixedip serve --config " in unit

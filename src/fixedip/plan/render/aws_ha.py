@@ -16,19 +16,21 @@ from __future__ import annotations
 from typing import Any
 
 from fixedip.plan.render import cfnyaml, hcl, userdata
-from fixedip.plan.render.aws_gateway import (
+from fixedip.plan.render.aws_access import (
     AMI_PARAMETER,
-    bootstrap_values_tf,
-    cfn_bootstrap_values,
-    cfn_gateway,
     cfn_parameters,
     cfn_role,
     cfn_security_groups,
-    private_ips,
-    tf_gateway,
     tf_gateway_role,
     tf_inputs,
     tf_security_groups,
+)
+from fixedip.plan.render.aws_gateway import (
+    bootstrap_values_tf,
+    cfn_bootstrap_values,
+    cfn_gateway,
+    private_ips,
+    tf_gateway,
 )
 from fixedip.plan.render.aws_network import (
     cfn_header,

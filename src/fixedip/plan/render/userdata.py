@@ -85,6 +85,9 @@ install -d -m 0750 -o fixedip -g fixedip /var/lib/fixedip
 /opt/fixedip/bin/fixedip tls selfsigned --name "$TLS_NAME" $CERT_IPS --out /etc/fixedip/tls
 chgrp -R fixedip /etc/fixedip/tls
 chmod -R g+rX,o-rwx /etc/fixedip/tls
+# The CA key signs renewals only; the gateway process never needs it.
+chgrp root /etc/fixedip/tls/ca-key.pem
+chmod 0600 /etc/fixedip/tls/ca-key.pem
 # Publish the CA certificate (public) for the functions: /fixedip/NAME/ca-pem.
 aws ssm put-parameter --region "$REGION" --name "/fixedip/$NAME/ca-pem" --type String \\
   --overwrite --value "file:///etc/fixedip/tls/ca.pem" \\
