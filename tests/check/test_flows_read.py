@@ -180,12 +180,14 @@ def test_fixedip_lines_that_are_not_flow_records_are_malformed(tmp_path: Path) -
                 '{"time": "2024-05-01T12:00:00Z", "host": "a.example", "port": 443, '
                 '"resolved": "not-an-ip"}',
                 "{truncated",
+                good + " trailing",
+                " " + good,
                 good,
             ]
         )
     )
     stats = read_input(str(log), FlowAnalysis())
-    assert (stats.records, stats.malformed) == (2, 5)
+    assert (stats.records, stats.malformed) == (3, 6)  # surrounding blanks are fine
 
 
 def test_gateway_times_that_are_not_dates_are_malformed(tmp_path: Path) -> None:
