@@ -294,3 +294,15 @@ def test_the_tls_listener_on_ipv6_loopback(
         answer = forward_get(sock, vendor.url("/v6"))
     assert answer.startswith(b"HTTP/1.1 200")
     assert f'"peer": "{ALLOWED_EGRESS}"'.encode() in answer
+
+
+def test_the_tls_listener_is_one_of_the_addresses_the_gateway_never_connects_to(
+    make_gateway: MakeGateway, pki: GatewayPKI, tmp_path: Path
+) -> None:
+    gw = make_gateway(**tls_overrides(pki))
+    _, port = https_address(gw)
+    out = curl("-i", "-x", gw.proxy_url(), f"http://127.0.0.1:{port}/")
+    assert out.stdout.startswith("HTTP/1.1 403")
+    assert "proxy_loop_detected" in out.stdout
+    record = read_flow_log(tmp_path / "flow.jsonl", 1)[-1]
+    assert record["reason"] == "guard_loop"
