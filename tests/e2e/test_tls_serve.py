@@ -131,3 +131,33 @@ def test_sigterm_closes_idle_tls_connections_and_exits_0(
         assert gateway.wait_exit(timeout=30) == 0
         with contextlib.suppress(ssl.SSLError, ConnectionError):  # or cut: nothing more
             assert sock.recv(1) == b""  # closed by the gateway (close_notify, then FIN)
+
+
+def test_a_client_resumes_its_session_on_either_worker(
+    serve: ServeFactory, pki: GatewayPKI, tmp_path: Path, vendor: VendorServer
+) -> None:
+    """Workers share their session-ticket keys (the supervisor makes the context before it
+    forks them), so a reconnect resumes wherever the kernel sends it. Ten reconnects
+    all landing on the worker that issued the ticket would be a 1-in-512 chance."""
+    from tests.e2e.test_workers import free_port
+
+    data = tls_config(tmp_path, pki)
+    data["server"] = {"workers": 2}
+    data["listen"] = {
+        "http": f"127.0.0.1:{free_port()}",
+        "https": f"127.0.0.1:{free_port()}",
+        "socks": "",
+        "admin": "",
+    }
+    gateway = serve(data)
+    address = gateway.addresses["https"]
+    context = pki.client_context()
+    with tls_connect(address, context) as first:
+        assert forward_get(first, vendor.url("/first")).startswith(b"HTTP/1.1 200")
+        session = first.session
+    resumed = []
+    for i in range(10):
+        with tls_connect(address, context, session=session) as again:
+            assert forward_get(again, vendor.url(f"/again{i}")).startswith(b"HTTP/1.1 200")
+            resumed.append(again.session_reused)
+    assert all(resumed), resumed

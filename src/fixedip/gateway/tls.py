@@ -185,6 +185,31 @@ def _stamp(settings: TlsConfig) -> tuple[tuple[int, int, int] | None, ...]:
     return tuple(out)
 
 
+# Built by the supervisor before it forks workers: each inherits this context and with it
+# the same session-ticket keys, so a returning client resumes whichever worker the kernel
+# gives its next connection. A worker that reloads a renewed pair makes its own context.
+_shared: tuple[TlsConfig, tuple[Any, ...], ssl.SSLContext, datetime.datetime] | None = None
+
+
+def share_before_fork(settings: TlsConfig) -> None:
+    """Build the context now, in the process that forks the workers."""
+    global _shared
+    try:
+        context, expires = server_context(settings)
+    except TlsFileError:
+        return  # each worker reports it (exit 2) when it starts
+    _shared = (settings, _stamp(settings), context, expires)
+
+
+def _context_for(settings: TlsConfig) -> tuple[ssl.SSLContext, datetime.datetime]:
+    """The inherited context while the files are the ones it was made from, else a new one."""
+    if _shared is not None:
+        shared_settings, stamp, context, expires = _shared
+        if shared_settings == settings and stamp == _stamp(settings):
+            return context, expires
+    return server_context(settings)
+
+
 # --- the listener ----------------------------------------------------------------------
 
 
@@ -194,7 +219,7 @@ class TlsListener:
     def __init__(self, gateway: Gateway, settings: TlsConfig) -> None:
         self.gw = gateway
         self.settings = settings
-        self.context, self.expires = server_context(settings)  # TlsFileError: not started
+        self.context, self.expires = _context_for(settings)  # TlsFileError: not started
         self._stamp = _stamp(settings)
         self._refused: tuple[Any, ...] | None = None
         self._seen: tuple[Any, ...] = self._stamp

@@ -113,6 +113,10 @@ class Supervisor:
         signal.signal(signal.SIGHUP, lambda *_: self.signal_all(signal.SIGHUP))
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
+        if self.config.tls is not None and self.config.listen.https is not None:
+            from fixedip.gateway.tls import share_before_fork
+
+            share_before_fork(self.config.tls)  # one set of session-ticket keys for all
         ready_r, ready_w = os.pipe()
         for index in range(self.count):
             self.spawn(index, ready_w, ready_r)
