@@ -423,8 +423,7 @@ def test_an_unreachable_gateway_exits_3_without_a_traceback(echo_site: EchoSite)
 def test_wrong_credentials_fail(nat_gateway: RunningGateway, echo_site: EchoSite) -> None:
     out = check(
         "--via", nat_gateway.proxy_url("billing", "wrong"), *echo_args(echo_site),
-        "--no-dnsbl", "--resolver", "127.0.0.1:9", "--timeout", "0.5",
-        "--ranges-cache", "/nonexistent",
+        "--no-dnsbl", "--resolver", "127.0.0.1:9", "--ranges-cache", "/nonexistent",
     )  # fmt: skip
     row = next(r for r in json.loads(out.stdout)["rows"] if r["check"] == "gateway")
     assert row["status"] == "fail" and "407" in row["reason"]

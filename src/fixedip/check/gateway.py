@@ -51,6 +51,8 @@ def _get(via: Via, path: str, timeout_s: float) -> dict[str, Any]:
             f"the certificate of {via.shown} is not trusted ({exc.verify_message}): pass "
             "--ca with the bundle that signed it"
         ) from None
+    except TimeoutError:
+        raise TimeoutError(f"{via.shown} did not answer {path} within {timeout_s:g} s") from None
     except (OSError, ConnectionError) as exc:
         raise NotAGateway(f"{path}: {exc}") from None
     if response.status == 407:
@@ -76,6 +78,8 @@ def ask_gateway(via: Via, timeout_s: float = ECHO_TIMEOUT_S) -> tuple[GatewayVie
         return None, Row("gateway", subject, Status.FAIL, f"{exc}: check NAME:TOKEN in --via")
     except NotAGateway as exc:
         return None, Row("gateway", subject, Status.SKIP, f"not a fixedip gateway ({exc})")
+    except TimeoutError as exc:
+        return None, Row("gateway", subject, Status.UNKNOWN, str(exc))
     view = GatewayView(
         client=str(who.get("client", "")),
         strategy=str(who.get("strategy", "")),
