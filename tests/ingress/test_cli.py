@@ -73,7 +73,7 @@ def test_ls_lists_newest_first_and_filters_by_state(spooled: dict[str, str]) -> 
 
 def test_show_prints_headers_and_body(spooled: dict[str, str]) -> None:
     result = cli(
-        "ingress", "show", spooled["dead"][:10], "-c", spooled["config"], "--format", "json"
+        "ingress", "show", spooled["dead"][:28], "-c", spooled["config"], "--format", "json"
     )
     assert result.exit_code == 0
     data = json.loads(result.output)

@@ -152,7 +152,7 @@ def test_dead_webhook_is_replayed_by_the_cli_with_the_same_id(
     assert listed.returncode == 0, listed.stderr
     assert delivery_id in listed.stdout
     replayed = subprocess.run(
-        [str(FIXEDIP), "ingress", "replay", delivery_id[:8], "--config", str(config)],
+        [str(FIXEDIP), "ingress", "replay", delivery_id[:28], "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=30,

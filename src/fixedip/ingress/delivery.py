@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import aiohttp
-from multidict import CIMultiDict
-
+from fixedip.ingress.client import DeliveryClient, DeliveryError, Target
 from fixedip.ingress.observe import DEAD, DELIVERED, RETRY, IngressMetrics, WebhookRecord
 from fixedip.ingress.settings import HOP_BY_HOP, IngressRouteConfig
 from fixedip.ingress.spool import Spool, SpoolRecord, SpoolUnavailable
@@ -42,7 +40,6 @@ log = logging.getLogger("fixedip.ingress")
 POLL_S = 0.5
 ATTEMPT_HEADER = "Fixedip-Attempt"
 MAX_ERROR_CHARS = 200
-MAX_ANSWER_BYTES = 65536  # of a target's answer body, read only to reuse the connection
 RETRY_STATUSES = frozenset({408, 429})
 # A target's Retry-After is honoured even beyond retry_max_s, up to this bound.
 RETRY_AFTER_CAP_S = 86400.0
@@ -50,12 +47,13 @@ RETRY_AFTER_CAP_S = 86400.0
 
 @dataclass(slots=True)
 class DeliveryRoute:
-    """A route as delivery uses it: settings, resolved extra headers, signer, TLS."""
+    """A route as delivery uses it: settings, target, resolved extra headers, signer, TLS."""
 
     config: IngressRouteConfig
+    target: Target
     extra_headers: list[tuple[str, str]]
     signer: Callable[[str, str, list[tuple[str, str]], bytes], list[tuple[str, str]]] | None
-    ssl_context: ssl.SSLContext | bool
+    ssl_context: ssl.SSLContext | None
     in_flight: int = 0
 
 
@@ -108,12 +106,6 @@ def forward_headers(
     return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
-def target_url(config: IngressRouteConfig, query: str) -> str:
-    if not query:
-        return config.target
-    return config.target + ("&" if "?" in config.target else "?") + query
-
-
 @dataclass
 class Deliverer:
     spool: Spool
@@ -123,7 +115,7 @@ class Deliverer:
     keep_delivered: bool
     routes: dict[str, DeliveryRoute] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
-    _session: aiohttp.ClientSession | None = None
+    _client: DeliveryClient = field(default_factory=DeliveryClient)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _claimed: dict[str, SpoolRecord] = field(default_factory=dict)
@@ -132,12 +124,6 @@ class Deliverer:
     _loop_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        )
         self._loop_task = asyncio.get_running_loop().create_task(self._dispatch())
 
     def wake(self, route: str = "") -> None:
@@ -183,32 +169,34 @@ class Deliverer:
             self._wake.set()
 
     async def _attempt(self, route: DeliveryRoute, record: SpoolRecord) -> tuple[Outcome, float]:
-        assert self._session is not None
         config = route.config
+        target = route.target
         record.attempts += 1
         headers = forward_headers(record.headers, self.delivery_id_header)
         headers += route.extra_headers
         headers.append((self.delivery_id_header, record.id))
         headers.append((ATTEMPT_HEADER, str(record.attempts)))
-        url = target_url(config, record.query)
-        if route.signer is not None:
-            headers = route.signer(record.method, url, headers, record.body)
+        request_target = target.with_query(record.query)
         started = time.time()
         try:
-            async with self._session.request(
+            if route.signer is not None:
+                url = f"{target.scheme}://{target.host_header}{request_target}"
+                headers = route.signer(record.method, url, headers, record.body)
+            answer = await self._client.send(
+                target,
                 record.method,
-                url,
-                data=record.body,
-                headers=CIMultiDict(headers),
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=config.timeout_s),
-                ssl=route.ssl_context,
-            ) as response:
-                await _drain(response)
-                return classify(response.status, response.headers.get("Retry-After")), started
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                request_target,
+                headers,
+                record.body,
+                config.timeout_s,
+                route.ssl_context,
+            )
+        except TimeoutError:
+            return Outcome(RETRY, None, f"no answer within {config.timeout_s:g} s"), started
+        except (DeliveryError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
             text = str(exc) or type(exc).__name__
             return Outcome(RETRY, None, text[:MAX_ERROR_CHARS]), started
+        return classify(answer.status, answer.retry_after), started
 
     async def _settle(
         self, route: DeliveryRoute, record: SpoolRecord, outcome: Outcome, started: float
@@ -272,20 +260,7 @@ class Deliverer:
         with contextlib.suppress(SpoolUnavailable):
             await self.spool.release(list(self._claimed))
         self._claimed.clear()
-        if self._session is not None:
-            await self._session.close()
-
-
-async def _drain(response: aiohttp.ClientResponse) -> None:
-    """Read (and drop) a bounded answer body, so the connection goes back to the pool;
-    a longer one is left unread and its connection closed."""
-    left = MAX_ANSWER_BYTES
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-        while left > 0:
-            chunk = await response.content.read(left)
-            if not chunk:
-                return
-            left -= len(chunk)
+        await self._client.close()
 
 
 def _attempt_record(

@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from fixedip.configtypes import read_secret
+from fixedip.ingress.client import Target
 from fixedip.ingress.delivery import Deliverer, DeliveryRoute
 from fixedip.ingress.observe import IngressMetrics
 from fixedip.ingress.receipts import LocalReceipts, ReceiptStore
@@ -98,15 +99,17 @@ def _routes(
             ]
             signer = _sigv4_signer(route.sigv4) if route.sigv4 is not None else None
             receive[route.path] = ReceiveRoute(route, build_verifier(route, secrets))
-            deliver[route.path] = DeliveryRoute(route, extra, signer, _ssl_target(route))
+            deliver[route.path] = DeliveryRoute(
+                route, Target.parse(route.target), extra, signer, _ssl_target(route)
+            )
         except (OSError, KeyError, ValueError, ssl.SSLError) as exc:
             raise ValueError(f"ingress.routes[{i}] ({route.path}): {exc}") from None
     return receive, deliver
 
 
-def _ssl_target(route: IngressRouteConfig) -> ssl.SSLContext | bool:
+def _ssl_target(route: IngressRouteConfig) -> ssl.SSLContext | None:
     if not route.target.startswith("https://"):
-        return True
+        return None
     return ssl.create_default_context(cafile=route.ca_file or None)
 
 
