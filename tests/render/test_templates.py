@@ -69,8 +69,16 @@ def test_gateway_vm_exposes_only_the_tls_listener_and_no_ssh() -> None:
     assert sorted(r["FromPort"] for r in egress) == [80, 443]
     function_egress = groups["FunctionSecurityGroup"]["SecurityGroupEgress"]
     assert [(r["FromPort"], r["ToPort"]) for r in function_egress] == [(3129, 3129)]
-    gateway = tf("fixedip-vm")[("aws_security_group", "gateway")]
-    assert [(r["from_port"], r["to_port"]) for r in gateway["ingress"]] == [(3129, 3129)]
+    resources = tf("fixedip-vm")
+    assert "ingress" not in resources[("aws_security_group", "gateway")]
+    ingress = {k: v for k, v in resources.items() if k[0] == "aws_vpc_security_group_ingress_rule"}
+    assert {name for _, name in ingress} == {
+        "gateway_tls_from_clients",
+        "gateway_tls_from_functions",
+    }
+    assert all((r["from_port"], r["to_port"]) == (3129, 3129) for r in ingress.values())
+    egress = [v for k, v in resources.items() if k[0] == "aws_vpc_security_group_egress_rule"]
+    assert sorted(r["from_port"] for r in egress) == [80, 443]
 
 
 def test_gateway_vm_requires_imdsv2_and_encrypts_its_disk() -> None:

@@ -173,16 +173,50 @@ def _hcl_json(value: Any) -> str:
 
 def tf_security_groups() -> list[hcl.Block]:
     """The gateway's group (TLS listener in, web out) and the functions' group (only the
-    gateway's TLS listener out). The rule between them is separate: each names the other."""
-    egress = [
-        Nested(
+    gateway's TLS listener out).
+
+    The gateway's rules are separate resources, none inline: Terraform's inline rules
+    own the whole rule set of a group and would delete the rules other resources add
+    (the one from the functions' group, and the fleet's rule to its Redis)."""
+    rules: list[hcl.Block] = [
+        hcl.resource(
+            "aws_vpc_security_group_ingress_rule",
+            "gateway_tls_from_clients",
             {
+                "for_each": Expr("toset(var.client_cidrs)"),
+                "security_group_id": Expr("aws_security_group.gateway.id"),
+                "description": "fixedip TLS listener, from the internet",
+                "cidr_ipv4": Expr("each.value"),
+                "ip_protocol": "tcp",
+                "from_port": HTTPS_PORT,
+                "to_port": HTTPS_PORT,
+            },
+        ),
+        hcl.resource(
+            "aws_vpc_security_group_ingress_rule",
+            "gateway_tls_from_functions",
+            {
+                "security_group_id": Expr("aws_security_group.gateway.id"),
+                "description": "fixedip TLS listener, from functions in the VPC",
+                "referenced_security_group_id": Expr("aws_security_group.function.id"),
+                "ip_protocol": "tcp",
+                "from_port": HTTPS_PORT,
+                "to_port": HTTPS_PORT,
+            },
+        ),
+    ]
+    rules += [
+        hcl.resource(
+            "aws_vpc_security_group_egress_rule",
+            f"gateway_tcp_{port}",
+            {
+                "security_group_id": Expr("aws_security_group.gateway.id"),
                 "description": f"TCP {port} to vendors and package mirrors",
+                "cidr_ipv4": "0.0.0.0/0",
+                "ip_protocol": "tcp",
                 "from_port": port,
                 "to_port": port,
-                "protocol": "tcp",
-                "cidr_blocks": ["0.0.0.0/0"],
-            }
+            },
         )
         for port in EGRESS_PORTS
     ]
@@ -194,17 +228,8 @@ def tf_security_groups() -> list[hcl.Block]:
                 "name_prefix": "${local.name}-gateway-",
                 "description": "fixedip gateway: the TLS listener only",
                 "vpc_id": Expr("aws_vpc.main.id"),
-                "ingress": Nested(
-                    {
-                        "description": "fixedip TLS listener, from the internet",
-                        "from_port": HTTPS_PORT,
-                        "to_port": HTTPS_PORT,
-                        "protocol": "tcp",
-                        "cidr_blocks": Expr("var.client_cidrs"),
-                    }
-                ),
-                "egress": egress,
             },
+            doc="No inline rules: they are the aws_vpc_security_group_*_rule resources below.",
         ),
         hcl.resource(
             "aws_security_group",
@@ -228,18 +253,7 @@ def tf_security_groups() -> list[hcl.Block]:
                 "outside this module",
             ),
         ),
-        hcl.resource(
-            "aws_vpc_security_group_ingress_rule",
-            "gateway_from_function",
-            {
-                "security_group_id": Expr("aws_security_group.gateway.id"),
-                "description": "fixedip TLS listener, from functions in the VPC",
-                "referenced_security_group_id": Expr("aws_security_group.function.id"),
-                "ip_protocol": "tcp",
-                "from_port": HTTPS_PORT,
-                "to_port": HTTPS_PORT,
-            },
-        ),
+        *rules,
     ]
 
 
