@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fixedip.check.rangefiles import (
     RangeFileError,
@@ -82,3 +86,36 @@ def test_cloudflare_oracle_and_digitalocean() -> None:
 def test_a_file_in_the_wrong_format_is_refused(parser, data) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(RangeFileError):
         parser(data)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(
+        st.sampled_from(
+            ["prefixes", "ipv6_prefixes", "ip_prefix", "ipv4Prefix", "values", "properties",
+             "addressPrefixes", "regions", "cidrs", "cidr", "tags", "region", "service"]
+        ),
+        children,
+        max_size=4,
+    ),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_json_values)
+def test_any_json_is_parsed_or_refused_with_range_file_error(doc: object) -> None:
+    data = json.dumps(doc).encode()
+    for parser in (parse_aws, parse_google, parse_azure, parse_oracle):
+        with contextlib.suppress(RangeFileError):
+            parser(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_any_bytes_are_parsed_or_refused_with_range_file_error(data: bytes) -> None:
+    for parser in (parse_aws, parse_google, parse_azure, parse_cloudflare, parse_oracle,
+                   parse_digitalocean):  # fmt: skip
+        with contextlib.suppress(RangeFileError):
+            parser(data)

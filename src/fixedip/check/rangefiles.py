@@ -63,6 +63,23 @@ def _net(text: Any, source: str) -> Network:
         raise RangeFileError(f"{source}: {str(text)[:60]!r} is not an IP prefix") from None
 
 
+def _objects(value: Any, what: str, source: str) -> list[dict[str, Any]]:
+    """`value` as a list of JSON objects, or RangeFileError naming `what`."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise RangeFileError(f"{source}: {what} is not a list of objects")
+    return value
+
+
+def _strings(value: Any, what: str, source: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RangeFileError(f"{source}: {what} is not a list of strings")
+    return value
+
+
 def _json(data: bytes, source: str) -> Any:
     try:
         return json.loads(data)
@@ -87,8 +104,8 @@ def parse_aws(data: bytes, source: str = "aws") -> Parsed:
         raise RangeFileError(f"{source}: no 'prefixes' list (not an AWS ip-ranges.json)")
     ranges = []
     for key, field in (("prefixes", "ip_prefix"), ("ipv6_prefixes", "ipv6_prefix")):
-        for entry in doc.get(key) or []:
-            if not isinstance(entry, dict) or field not in entry:
+        for entry in _objects(doc.get(key), key, source):
+            if field not in entry:
                 raise RangeFileError(f"{source}: an entry of {key!r} has no {field!r}")
             service = str(entry.get("service", ""))
             kind: Kind = "umbrella" if service == "AMAZON" else "shared"
@@ -110,10 +127,8 @@ def parse_google(data: bytes, source: str = "google") -> Parsed:
     if not isinstance(doc, dict) or "prefixes" not in doc:
         raise RangeFileError(f"{source}: no 'prefixes' list (not a Google cloud.json)")
     ranges = []
-    for entry in doc["prefixes"]:
-        prefix = (
-            entry.get("ipv4Prefix") or entry.get("ipv6Prefix") if isinstance(entry, dict) else None
-        )
+    for entry in _objects(doc["prefixes"], "prefixes", source):
+        prefix = entry.get("ipv4Prefix") or entry.get("ipv6Prefix")
         if not prefix:
             raise RangeFileError(f"{source}: a prefix entry has neither ipv4Prefix nor ipv6Prefix")
         service = str(entry.get("service", "Google Cloud"))
@@ -132,8 +147,8 @@ def parse_azure(data: bytes, source: str = "azure") -> Parsed:
     if not isinstance(doc, dict) or not isinstance(doc.get("values"), list):
         raise RangeFileError(f"{source}: no 'values' list (not an Azure Service Tags file)")
     ranges = []
-    for tag in doc["values"]:
-        props = tag.get("properties") if isinstance(tag, dict) else None
+    for tag in _objects(doc["values"], "values", source):
+        props = tag.get("properties")
         if not isinstance(props, dict):
             raise RangeFileError(f"{source}: a service tag has no 'properties'")
         name = str(tag.get("name", ""))
@@ -141,7 +156,7 @@ def parse_azure(data: bytes, source: str = "azure") -> Parsed:
         kind: Kind = "assignable" if base == "AzureCloud" else "shared"
         service = str(props.get("systemService") or base)
         region = str(props.get("region", ""))
-        for prefix in props.get("addressPrefixes") or []:
+        for prefix in _strings(props.get("addressPrefixes"), "addressPrefixes", source):
             ranges.append(
                 (_net(prefix, source), CloudRange("Azure", service, region, kind, source))
             )
@@ -172,9 +187,9 @@ def parse_oracle(data: bytes, source: str = "oracle") -> Parsed:
     if not isinstance(doc, dict) or not isinstance(doc.get("regions"), list):
         raise RangeFileError(f"{source}: no 'regions' list (not an Oracle public_ip_ranges.json)")
     ranges = []
-    for region in doc["regions"]:
-        for entry in region.get("cidrs") or []:
-            tags = [str(t) for t in entry.get("tags") or []]
+    for region in _objects(doc["regions"], "regions", source):
+        for entry in _objects(region.get("cidrs"), "cidrs", source):
+            tags = _strings(entry.get("tags"), "tags", source)
             kind: Kind = "assignable" if ORACLE_ASSIGNABLE.intersection(tags) else "shared"
             cloud = CloudRange(
                 "Oracle", ",".join(tags), str(region.get("region", "")), kind, source
