@@ -37,6 +37,10 @@ class GatewayView:
         return ips or list(self.usable)
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 class NotAGateway(Exception):
     """The proxy answered, but not as a fixedip gateway does."""
 
@@ -84,8 +88,8 @@ def ask_gateway(via: Via, timeout_s: float = ECHO_TIMEOUT_S) -> tuple[GatewayVie
         client=str(who.get("client", "")),
         strategy=str(who.get("strategy", "")),
         next_ip=who.get("egress_ip"),
-        usable=[str(ip) for ip in who.get("egress_ips") or []],
-        states=[s for s in pool.get("egress") or [] if isinstance(s, dict)],
+        usable=[str(ip) for ip in _list(who.get("egress_ips"))],
+        states=[s for s in _list(pool.get("egress")) if isinstance(s, dict)],
     )
     data = {"client": view.client, "strategy": view.strategy, "egress": view.states}
     down = [
@@ -154,7 +158,8 @@ def ask_admin(url: str, timeout_s: float = ECHO_TIMEOUT_S) -> tuple[list[str], R
             data = json.loads(response.read(MAX_ADMIN_BYTES))
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise CheckError(f"could not read {endpoint}: {getattr(exc, 'reason', exc)}") from None
-    entries = [e for e in data.get("egress") or [] if isinstance(e, dict) and e.get("public")]
+    listed = _list(data.get("egress")) if isinstance(data, dict) else []
+    entries = [e for e in listed if isinstance(e, dict) and e.get("public")]
     if not entries:
         raise CheckError(f"{endpoint} lists no egress IPs")
     ips = list(dict.fromkeys(str(e["public"]) for e in entries))
