@@ -328,3 +328,23 @@ def test_ingress_examples_in_the_docs_load(doc: str, monkeypatch: pytest.MonkeyP
             monkeypatch.setenv(name, "example-secret")
         config = parse(block, doc)
         assert config.ingress is not None and not config.runs_proxy
+
+
+def test_the_commented_example_in_config_example_is_a_valid_ingress_section(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from fixedip.config import embedded_text
+
+    text = embedded_text("example.toml")
+    start = text.index("# [ingress]")
+    lines = [line[2:] if line.startswith("# ") else "" for line in text[start:].splitlines()]
+    section = "\n".join(
+        line
+        for line in lines
+        if not line.startswith(("cert", "key", "ca_file", "signature_header", "sigv4"))
+    )
+    monkeypatch.setenv("PAYMENTS_WEBHOOK_SECRET", "whsec_test")
+    monkeypatch.setenv("RELAY_SHARED_SECRET", "shared")
+    config = parse(section, "example.toml")
+    assert config.ingress is not None
+    assert config.ingress.routes[0].verify == "stripe"

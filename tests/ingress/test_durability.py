@@ -119,3 +119,29 @@ def test_a_body_that_trickles_is_cut_off_with_408(
     assert answer.startswith(b"HTTP/1.1 408")
     assert b"body_timeout" in answer
     assert target.received("/ok") == []
+
+
+def test_requests_beyond_the_in_flight_bound_get_503(
+    make_relay: MakeRelay, target: TargetStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fixedip.ingress import receiver
+
+    monkeypatch.setattr(receiver, "MAX_IN_FLIGHT", 2)
+    relay = make_relay([{"path": "/h", "target": target.url("/ok")}])
+    host, port = relay.relay.address if relay.relay else ("", 0)
+    slow = []
+    for _ in range(2):  # two senders stuck in the middle of their bodies
+        sock = socket.create_connection((host, port), timeout=5)
+        sock.sendall(b"POST /h HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        slow.append(sock)
+    try:
+        time.sleep(0.3)
+        answer = requests.post(relay.url + "/h", data=b"third", timeout=5)
+        assert answer.status_code == 503
+        assert answer.json() == {"error": "overloaded"}
+        assert "Retry-After" in answer.headers
+    finally:
+        for sock in slow:
+            sock.close()
+    time.sleep(0.3)
+    assert requests.post(relay.url + "/h", data=b"later", timeout=5).status_code == 200

@@ -8,7 +8,8 @@ Answers, in the order they are checked:
 - 408 `body_timeout`: the body did not arrive within `body_timeout_s`;
 - 401 `missing_signature` / `bad_signature` / `timestamp_out_of_tolerance`;
 - 200 `duplicate`: the vendor's own delivery id was acknowledged before;
-- 503 `spool_full` / `spool_error` with Retry-After: nothing was stored, send again;
+- 503 `spool_full` / `spool_error` / `overloaded` (MAX_IN_FLIGHT requests in progress)
+  with Retry-After: nothing was stored, send again;
 - 200 `accepted` with `{"id": ...}`: the request is committed to disk.
 
 The request is stored exactly as received: method, path, query, headers in their
@@ -42,6 +43,8 @@ log = logging.getLogger("fixedip.ingress")
 SPOOL_RETRY_AFTER_S = 30
 READ_CHUNK_BYTES = 65536
 MAX_CACHED_SOURCES = 4096
+# Requests being read or committed at once; beyond it 503 (bounds memory under a flood).
+MAX_IN_FLIGHT = 1024
 JSON = "application/json"
 
 
@@ -84,8 +87,23 @@ class Receiver:
         self.on_spooled = on_spooled
         self.dedupe_ttl_s = dedupe_ttl_s
         self.body_timeout_s = body_timeout_s
+        self.in_flight = 0
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.in_flight >= MAX_IN_FLIGHT:
+            raw_path = request.raw_path.partition("?")[0]
+            if raw_path not in self.routes:
+                raw_path = "*"  # never a metric label per unknown path
+            return self._unavailable(
+                time.time(), request.remote or "", request.method, raw_path, "overloaded", 0
+            )
+        self.in_flight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         start = time.time()
         peer = request.remote or ""
         raw_path, _, query = request.raw_path.partition("?")

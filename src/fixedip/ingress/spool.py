@@ -252,7 +252,12 @@ class Spool:
                         self._queue.put(None)  # stop after this batch
                         break
                     batch.append(nxt)
-                self._apply(conn, batch)
+                try:
+                    self._apply(conn, batch)
+                except Exception:  # a bug must not stop the writer: every caller would hang
+                    log.exception("spool writer: a batch failed")
+                    error = SpoolUnavailable("the spool writer failed; see the log")
+                    self._settle_soon(batch, [(False, error)] * len(batch))
         finally:
             conn.close()
 
@@ -267,13 +272,16 @@ class Spool:
                 except SpoolFull as exc:
                     results.append((False, exc))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, ValueError, TypeError) as exc:
             self.backlog_records, self.backlog_bytes = saved
             log.error("spool %s: commit failed: %s", self.path, exc)
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             error = SpoolUnavailable(f"the spool could not commit: {exc}")
             results = [(False, error)] * len(batch)
+        self._settle_soon(batch, results)
+
+    def _settle_soon(self, batch: list[_Op], results: list[tuple[bool, Any]]) -> None:
         assert self._loop is not None
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(_settle, batch, results)
