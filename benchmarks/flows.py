@@ -358,11 +358,14 @@ def markdown(run: dict[str, Any]) -> str:
             f"| {r['fixedip']['records_s']:,.0f} | {r['ratio']:.2f}{TIMES} "
             f"| {r['fixedip']['records_cpu_s']:,.0f} | {wall} | {rss} |"
         )
+    idle = run.get("cli_empty_log")
+    floor = f" (the same command on an empty log: {_mb(idle['peak_rss_bytes'])})" if idle else ""
     out += [
         "",
-        "Peak RSS includes the interpreter and its imports; it stays flat as files grow "
-        "because lines are read a 1 MiB chunk at a time and every table is capped "
-        "(`--max-keys`).",
+        "Peak RSS includes the interpreter and its imports"
+        + floor
+        + "; it stays flat as files grow because lines are read a 1 MiB chunk at a time "
+        "and every table is capped (`--max-keys`).",
     ]
     return "\n".join(out) + "\n"
 
@@ -381,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     busy = busy_share(1.0)
     with tempfile.TemporaryDirectory(prefix="fixedip-flows-bench-", dir=args.workdir) as tmp:
         results = measure(args.lines, args.rounds, args.skip_cli, Path(tmp))
+        empty = Path(tmp) / "empty.log"
+        empty.touch()
+        idle = None if args.skip_cli else run_cli(empty)
     run = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
@@ -388,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "lines": args.lines,
         "rounds": args.rounds,
         "results": results,
+        "cli_empty_log": idle,
     }
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{args.out}.json").write_text(json.dumps(run, indent=2) + "\n")

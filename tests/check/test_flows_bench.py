@@ -23,5 +23,7 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_log(tmp_path: Path) -> None:
         assert result["fixedip"]["records_s"] > 0
         # every log holds SSRF-looking lines, or (the scan) unexpected destinations
         assert result["cli"]["exit_code"] == 1, result["cli"]["stderr"]
-    assert "| VPC Flow Logs v2, gzip |" in (results / "flows.md").read_text()
+    assert run["cli_empty_log"]["exit_code"] == 0  # the RSS floor: an empty log is fine
+    text = (results / "flows.md").read_text()
+    assert "| VPC Flow Logs v2, gzip |" in text and "on an empty log:" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # logs removed
