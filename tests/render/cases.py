@@ -7,7 +7,7 @@ from typing import Any
 from fixedip.plan.render import OPTION_IDS, Rendered, RenderParams, render
 
 AWS_VARIANTS: dict[str, list[dict[str, Any]]] = {
-    "nat-gateway": [{}, {"azs": 3}],
+    "nat-gateway": [{}, {"azs": 3, "ips": 2}],
     "fixedip-vm": [{}, {"ips": 3, "client_cidrs": ("198.18.0.0/15", "198.19.0.0/16")}],
     "fixedip-ha": [{}, {"ips": 2, "floating": 2, "azs": 3}],
     "global-accelerator": [{}],

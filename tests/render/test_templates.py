@@ -56,6 +56,20 @@ def test_nat_gateway_function_group_allows_only_https_out() -> None:
     assert (egress["from_port"], egress["to_port"], egress["protocol"]) == (443, 443, '"tcp"')
 
 
+def test_nat_gateways_carry_the_extra_ips_as_secondary_addresses() -> None:
+    template = cfn("nat-gateway", azs=2, ips=3)
+    gateways = resources_of(template, "AWS::EC2::NatGateway")
+    assert gateways["NatGateway2"]["SecondaryAllocationIds"] == [
+        {"Fn::GetAtt": ["NatEip2Secondary2", "AllocationId"]},
+        {"Fn::GetAtt": ["NatEip2Secondary3", "AllocationId"]},
+    ]
+    assert len(resources_of(template, "AWS::EC2::EIP")) == 6
+    nat = tf("nat-gateway", azs=2, ips=3)[("aws_nat_gateway", "main")]
+    assert nat["secondary_allocation_ids"] == (
+        "${slice(aws_eip.nat_secondary[*].id, count.index * 2, (count.index + 1) * 2)}"
+    )
+
+
 def test_gateway_vm_exposes_only_the_tls_listener_and_no_ssh() -> None:
     template = cfn("fixedip-vm", client_cidrs=("198.18.0.0/15",))
     groups = resources_of(template, "AWS::EC2::SecurityGroup")

@@ -1,5 +1,6 @@
 """`nat-gateway`: functions in private subnets leave through a NAT Gateway per AZ, each
-with its own Elastic IP (the fixed IPs to allowlist: one per AZ).
+with its own Elastic IPs (the fixed IPs to allowlist: `--ips` per AZ; the first is the
+gateway's primary address, the others its secondary addresses).
 
 Outputs are what the function's VPC configuration needs: the private subnets and a
 security group that allows only outbound HTTPS.
@@ -27,6 +28,51 @@ OPTION = "nat-gateway"
 EGRESS_PORT = 443
 
 
+def _tf_nat_gateways(params: RenderParams) -> list[hcl.Block]:
+    """An Elastic IP per NAT Gateway, plus `ips - 1` secondary ones each (more
+    connections per destination: about 55,000 per address)."""
+    count = Expr("length(local.azs)")
+    extra = params.ips - 1
+    gateway: dict[str, Any] = {
+        "count": count,
+        "allocation_id": Expr("aws_eip.nat[count.index].id"),
+        "subnet_id": Expr("aws_subnet.public[count.index].id"),
+    }
+    blocks = [
+        hcl.resource(
+            "aws_eip",
+            "nat",
+            {
+                "count": count,
+                "domain": "vpc",
+                "tags": {"Name": "${local.name}-nat-${count.index + 1}"},
+            },
+            doc="The fixed IPs: an Elastic IP per NAT Gateway (per AZ).",
+        )
+    ]
+    if extra:
+        blocks.append(
+            hcl.resource(
+                "aws_eip",
+                "nat_secondary",
+                {
+                    "count": Expr(f"length(local.azs) * {extra}"),
+                    "domain": "vpc",
+                    "tags": {"Name": "${local.name}-nat-secondary-${count.index + 1}"},
+                },
+                doc=f"{extra} more per NAT Gateway, in AZ order.",
+            )
+        )
+        gateway["secondary_allocation_ids"] = Expr(
+            f"slice(aws_eip.nat_secondary[*].id, count.index * {extra}, "
+            f"(count.index + 1) * {extra})"
+        )
+    gateway["tags"] = {"Name": "${local.name}-${count.index + 1}"}
+    gateway["depends_on"] = Expr("[aws_internet_gateway.main]")
+    blocks.append(hcl.resource("aws_nat_gateway", "main", gateway))
+    return blocks
+
+
 def terraform(params: RenderParams) -> str:
     azs = params.azs
     count = Expr("length(local.azs)")
@@ -42,27 +88,7 @@ def terraform(params: RenderParams) -> str:
         ),
         tf_locals(params, azs, private=True),
         *tf_vpc(params, azs, private=True),
-        hcl.resource(
-            "aws_eip",
-            "nat",
-            {
-                "count": count,
-                "domain": "vpc",
-                "tags": {"Name": "${local.name}-nat-${count.index + 1}"},
-            },
-            doc="The fixed IPs: one Elastic IP per NAT Gateway (per AZ).",
-        ),
-        hcl.resource(
-            "aws_nat_gateway",
-            "main",
-            {
-                "count": count,
-                "allocation_id": Expr("aws_eip.nat[count.index].id"),
-                "subnet_id": Expr("aws_subnet.public[count.index].id"),
-                "tags": {"Name": "${local.name}-${count.index + 1}"},
-                "depends_on": Expr("[aws_internet_gateway.main]"),
-            },
-        ),
+        *_tf_nat_gateways(params),
         hcl.resource(
             "aws_route_table",
             "private",
@@ -111,8 +137,12 @@ def terraform(params: RenderParams) -> str:
         ),
         hcl.output(
             "fixed_ips",
-            Expr("aws_eip.nat[*].public_ip"),
-            "The addresses vendors allowlist (one per AZ).",
+            Expr(
+                "concat(aws_eip.nat[*].public_ip, aws_eip.nat_secondary[*].public_ip)"
+                if params.ips > 1
+                else "aws_eip.nat[*].public_ip"
+            ),
+            "The addresses vendors allowlist (--ips per AZ).",
         ),
         hcl.output(
             "lambda_vpc_config",
@@ -136,6 +166,7 @@ def terraform(params: RenderParams) -> str:
 def cloudformation(params: RenderParams) -> str:
     azs = params.azs
     resources = cfn_vpc(params, azs, private=True)
+    eips: list[str] = []
     for i in range(azs):
         n = i + 1
         resources[f"NatEip{n}"] = {
@@ -143,14 +174,27 @@ def cloudformation(params: RenderParams) -> str:
             "DependsOn": "InternetGatewayAttachment",
             "Properties": {"Domain": "vpc", "Tags": cfn_tags(params, f"{params.name}-nat-{n}")},
         }
-        resources[f"NatGateway{n}"] = {
-            "Type": "AWS::EC2::NatGateway",
-            "Properties": {
-                "AllocationId": {"Fn::GetAtt": [f"NatEip{n}", "AllocationId"]},
-                "SubnetId": {"Ref": f"PublicSubnet{n}"},
-                "Tags": cfn_tags(params, f"{params.name}-{n}"),
-            },
+        gateway: dict[str, Any] = {
+            "AllocationId": {"Fn::GetAtt": [f"NatEip{n}", "AllocationId"]},
+            "SubnetId": {"Ref": f"PublicSubnet{n}"},
         }
+        secondary = [f"NatEip{n}Secondary{k}" for k in range(2, params.ips + 1)]
+        for k, name in enumerate(secondary, start=2):
+            resources[name] = {
+                "Type": "AWS::EC2::EIP",
+                "DependsOn": "InternetGatewayAttachment",
+                "Properties": {
+                    "Domain": "vpc",
+                    "Tags": cfn_tags(params, f"{params.name}-nat-{n}-{k}"),
+                },
+            }
+        if secondary:
+            gateway["SecondaryAllocationIds"] = [
+                {"Fn::GetAtt": [name, "AllocationId"]} for name in secondary
+            ]
+        gateway["Tags"] = cfn_tags(params, f"{params.name}-{n}")
+        eips += [f"NatEip{n}", *secondary]
+        resources[f"NatGateway{n}"] = {"Type": "AWS::EC2::NatGateway", "Properties": gateway}
         resources[f"PrivateRouteTable{n}"] = {
             "Type": "AWS::EC2::RouteTable",
             "Properties": {
@@ -207,8 +251,8 @@ def cloudformation(params: RenderParams) -> str:
         "Resources": resources,
         "Outputs": {
             "FixedIps": {
-                "Description": "The addresses vendors allowlist (one per AZ).",
-                "Value": cfn_join([f"NatEip{i + 1}" for i in range(azs)]),
+                "Description": "The addresses vendors allowlist (--ips per AZ).",
+                "Value": cfn_join(eips),
             },
             "LambdaSubnetIds": {
                 "Description": "SubnetIds for the function's VpcConfig.",
