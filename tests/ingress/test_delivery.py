@@ -293,3 +293,23 @@ def test_delivered_records_are_dropped_after_keep_delivered_s(
             conn.close()
 
     wait_until(gone, what="delivered record pruned")
+
+
+def test_a_reload_during_a_delivery_keeps_the_route_delivering(
+    make_relay: MakeRelay, target: TargetStub, tmp_path: Path
+) -> None:
+    route = {"path": "/h", "target": target.url("/hang"), "concurrency": 1, "timeout_s": 0.5}
+    relay = make_relay([{**route, "max_attempts": 1}])
+    post(relay, "/h", b"in flight during the reload")
+    target.wait_for(1, "/hang")
+    new = relay_config(tmp_path, [{**route, "target": target.url("/ok")}])
+    assert new.ingress is not None
+
+    async def reload() -> bool:
+        assert relay.relay is not None
+        return relay.relay.reload(new.ingress)  # type: ignore[arg-type]
+
+    assert relay.run(reload())
+    delivery_id = post(relay, "/h", b"after the reload")
+    [got] = target.wait_for(1, "/ok")
+    assert got.delivery_id == delivery_id

@@ -165,6 +165,11 @@ def test_spool_full_is_503_with_retry_after(make_relay: MakeRelay, target: Targe
     assert answer.status_code == 503
     assert answer.json() == {"error": "spool_full"}
     assert int(answer.headers["Retry-After"]) > 0
+    wait_until(
+        lambda: 'fixedip_ingress_spool_records{state="delivering"} 2.0' in relay.metrics(),
+        what="the two undelivered records in the depth gauge",
+    )
+    assert "fixedip_ingress_oldest_pending_age_seconds 0.0" not in relay.metrics()
 
 
 def test_repeated_vendor_id_is_acknowledged_once_and_delivered_once(
@@ -224,7 +229,7 @@ def test_receipts_and_rejections_are_in_the_flow_log_and_metrics(
         what="delivered metric",
     )
     wait_until(
-        lambda: 'fixedip_ingress_spool_records{state="delivered"} 1.0' in signed_relay.metrics(),
+        lambda: 'fixedip_ingress_spool_records{state="pending"} 0.0' in signed_relay.metrics(),
         what="spool depth gauge",
     )
     assert "fixedip_ingress_oldest_pending_age_seconds 0.0" in signed_relay.metrics()

@@ -54,7 +54,6 @@ class DeliveryRoute:
     extra_headers: list[tuple[str, str]]
     signer: Callable[[str, str, list[tuple[str, str]], bytes], list[tuple[str, str]]] | None
     ssl_context: ssl.SSLContext | None
-    in_flight: int = 0
 
 
 @dataclass(slots=True)
@@ -119,6 +118,7 @@ class Deliverer:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _claimed: dict[str, SpoolRecord] = field(default_factory=dict)
+    _in_flight: dict[str, int] = field(default_factory=dict)
     _next_due: float = 0.0
     _stopping: bool = False
     _loop_task: asyncio.Task[None] | None = None
@@ -134,7 +134,7 @@ class Deliverer:
             self._wake.clear()
             now = time.time()
             for path, route in list(self.routes.items()):
-                free = route.config.concurrency - route.in_flight
+                free = route.config.concurrency - self._in_flight.get(path, 0)
                 if free <= 0 or self._stopping:
                     continue
                 try:
@@ -154,7 +154,8 @@ class Deliverer:
                     await self._wake.wait()
 
     def _start_delivery(self, route: DeliveryRoute, record: SpoolRecord) -> None:
-        route.in_flight += 1
+        path = route.config.path
+        self._in_flight[path] = self._in_flight.get(path, 0) + 1
         self._claimed[record.id] = record
         task = asyncio.get_running_loop().create_task(self._deliver(route, record))
         self._tasks[record.id] = task
@@ -164,7 +165,8 @@ class Deliverer:
             outcome, started = await self._attempt(route, record)
             await self._settle(route, record, outcome, started)
         finally:
-            route.in_flight -= 1
+            # Counted by path: a reload replaces the route objects, not what is in flight.
+            self._in_flight[route.config.path] -= 1
             self._tasks.pop(record.id, None)
             self._wake.set()
 

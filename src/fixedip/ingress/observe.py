@@ -126,7 +126,7 @@ class IngressMetrics:
         )
         self.depth = Gauge(
             "fixedip_ingress_spool_records",
-            "Records in the spool by state.",
+            "Undelivered records in the spool by state (pending, delivering, dead).",
             ["state"],
             registry=registry,
         )

@@ -269,10 +269,6 @@ class Relay:
                 self._ssl.load_cert_chain(config.cert, config.key)
             except (OSError, ssl.SSLError) as exc:
                 log.error("ingress: could not reload the certificate, keeping the old: %s", exc)
-        for path, route in deliver.items():
-            current = self.deliverer.routes.get(path)
-            if current is not None:
-                route.in_flight = current.in_flight
         self.receiver.routes = receive
         self.receiver.dedupe_ttl_s = config.dedupe_ttl_s
         self.receiver.body_timeout_s = config.body_timeout_s

@@ -37,6 +37,7 @@ log = logging.getLogger("fixedip.ingress")
 MAX_BATCH = 1024
 BUSY_TIMEOUT_MS = 5000
 STATES = ("pending", "delivering", "delivered", "dead")
+BACKLOG_STATES = ("pending", "delivering", "dead")  # what max_records / max_bytes bound
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -58,7 +59,7 @@ CREATE TABLE IF NOT EXISTS records (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_due ON records (state, route, next_attempt);
-CREATE INDEX IF NOT EXISTS records_received ON records (received);
+CREATE INDEX IF NOT EXISTS records_state_updated ON records (state, updated);
 CREATE TABLE IF NOT EXISTS receipts (
     key TEXT PRIMARY KEY,
     id TEXT NOT NULL,
@@ -293,12 +294,19 @@ class Spool:
         self._queue.put(_Op(fn, future))
         return future
 
-    def _recount(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute(
-            "SELECT count(*), coalesce(sum(length(body) + length(headers)), 0) FROM records "
-            "WHERE state != 'delivered'"
-        ).fetchone()
-        self.backlog_records, self.backlog_bytes = int(row[0]), int(row[1])
+    def _recount(self, conn: sqlite3.Connection) -> dict[str, int]:
+        """Count the backlog from the file (through the state index: delivered records,
+        however many, are never read); returns the records per undelivered state."""
+        counts = dict.fromkeys(BACKLOG_STATES, 0)
+        total_bytes = 0
+        for state, count, size in conn.execute(
+            "SELECT state, count(*), coalesce(sum(length(body) + length(headers)), 0) "
+            f"FROM records WHERE state IN {BACKLOG_STATES!r} GROUP BY state"
+        ):
+            counts[str(state)] = int(count)
+            total_bytes += int(size)
+        self.backlog_records, self.backlog_bytes = sum(counts.values()), total_bytes
+        return counts
 
     # operations (each runs in the writer, inside the batch's transaction) ----------
     async def append(self, record: SpoolRecord) -> None:
@@ -412,8 +420,11 @@ class Spool:
                 (now - keep_delivered_s,),
             )
             conn.execute("DELETE FROM receipts WHERE expires < ?", (now,))
-            self._recount(conn)
-            return stats(conn)
+            counts = self._recount(conn)
+            oldest = conn.execute(
+                "SELECT min(received) FROM records WHERE state IN ('pending', 'delivering')"
+            ).fetchone()[0]
+            return {"counts": counts, "oldest_pending": oldest}
 
         result: dict[str, Any] = await self._submit(tidy)
         return result
@@ -452,17 +463,6 @@ def _settle(batch: list[_Op], results: list[tuple[bool, Any]]) -> None:
             future.set_result(value)
         else:
             future.set_exception(value)
-
-
-def stats(conn: sqlite3.Connection) -> dict[str, Any]:
-    """Records per state and the age basis of the oldest pending one."""
-    counts = dict.fromkeys(STATES, 0)
-    for state, count in conn.execute("SELECT state, count(*) FROM records GROUP BY state"):
-        counts[str(state)] = int(count)
-    oldest = conn.execute(
-        "SELECT min(received) FROM records WHERE state IN ('pending', 'delivering')"
-    ).fetchone()[0]
-    return {"counts": counts, "oldest_pending": oldest}
 
 
 # --- offline access for the CLI (another process may be serving) -------------------
