@@ -319,6 +319,24 @@ def test_markdown_and_table_show_the_same_findings() -> None:
     assert "169.254.169.254:80" in table.stdout
 
 
+def test_long_finding_lists_are_cut_in_the_human_formats_and_counted(tmp_path: Path) -> None:
+    log = tmp_path / "sweep.log"
+    log.write_text(
+        "".join(
+            f"2 123456789012 eni-0a1b2c3d4e5f60718 10.0.1.5 3.0.{i >> 8}.{i % 256} "
+            f"40000 443 6 1 60 {1714564800 + i} {1714564860 + i} ACCEPT OK\n"
+            for i in range(1_500)
+        )
+    )
+    data = analyze(log, *VENDORS).report
+    assert data["findings_total"]["unexpected_destinations"] == 1_500
+    assert len(data["unexpected_destinations"]) == 1_500
+    markdown = analyze(log, *VENDORS, "--format", "markdown").stdout
+    assert "findings: 1500 unexpected destinations" in markdown
+    assert "and 500 more (see --format json)" in markdown
+    assert markdown.count("| 3.0.") == 1_000 + 2 * 10  # the findings + two top-10 tables
+
+
 # --- bounded memory -----------------------------------------------------------------
 
 

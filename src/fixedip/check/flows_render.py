@@ -1,8 +1,8 @@
 """The flow report for people (a rich table, markdown) and machines (JSON).
 
-Each renderer takes the dict built by `FlowAnalysis.report()`, so the three formats can
-never disagree. Findings are listed in full in JSON; the human formats show the first
-`MAX_FINDINGS_SHOWN` of each and say how many more there are.
+Each renderer takes the dict built by `flows_report.build_report`, so the three formats can
+never disagree. JSON lists up to `flows_report.MAX_FINDINGS_LISTED` findings of each
+kind, the human formats the first `MAX_FINDINGS_SHOWN`; both say how many there are.
 """
 
 from __future__ import annotations
@@ -146,8 +146,9 @@ def _summary(report: dict[str, Any]) -> list[str]:
             f"inbound (to our own addresses, not destinations): {totals['inbound_flows']} "
             f"flows, {human_bytes(totals['inbound_bytes'])}"
         )
+    totals = report["findings_total"]
     counts = ", ".join(
-        f"{len(report[key])} {title.lower()}" for key, title, _ in FINDINGS if report[key]
+        f"{totals[key]} {title.lower()}" for key, title, _ in FINDINGS if totals[key]
     )
     lines.append(f"findings: {counts or 'none'}; {report['rejected_total']} rejected flows")
     return lines
@@ -168,7 +169,7 @@ def _sections(
         if not items:
             continue
         shown = items[:MAX_FINDINGS_SHOWN]
-        more = len(items) - len(shown)
+        more = report["findings_total"][key] - len(shown)
         note = f"and {more} more (see --format json)" if more else None
         label = key == "internal_destinations"
         rows = [_dest_row(d, with_label=label, with_times=True) for d in shown]

@@ -20,6 +20,9 @@ OK, UNEXPECTED, BAD_INPUT, COULD_NOT_RUN = 0, 1, 2, 3
 # lines and more than --max-malformed percent of them are malformed.
 TOLERATED_MALFORMED_LINES = 10
 DEFAULT_MAX_MALFORMED_PERCENT = 1.0
+# Findings listed per kind (the most flows first); `findings_total` counts them all, so a
+# scan of a million fresh addresses does not become a report of a million rows.
+MAX_FINDINGS_LISTED = 10_000
 
 
 def build_report(
@@ -85,9 +88,14 @@ def build_report(
             "untracked_rejected": analysis.untracked_rejected,
             "baseline_truncated": analysis.baseline_truncated,
         },
-        "unexpected_destinations": [d.to_dict() for d in unexpected],
-        "internal_destinations": [d.to_dict() for d in internal],
-        "new_destinations": [d.to_dict() for d in new],
+        "unexpected_destinations": [d.to_dict() for d in unexpected[:MAX_FINDINGS_LISTED]],
+        "internal_destinations": [d.to_dict() for d in internal[:MAX_FINDINGS_LISTED]],
+        "new_destinations": [d.to_dict() for d in new[:MAX_FINDINGS_LISTED]],
+        "findings_total": {
+            "unexpected_destinations": len(unexpected),
+            "internal_destinations": len(internal),
+            "new_destinations": len(new),
+        },
         "top_destinations_by_bytes": [
             d.to_dict() for d in heapq.nlargest(top, dests, key=lambda d: (d.bytes, d.flows))
         ],
