@@ -25,15 +25,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
 
-from fixedip.check.flows_match import (
-    AddressInfo,
-    AddressSet,
-    classify_address,
-    format_time,
-    is_ip_literal,
-)
+from fixedip.check.flows_match import AddressInfo, AddressSet, classify_address, is_ip_literal
+from fixedip.check.flows_model import TCP, UDP, Destination, Tally, destination_name
 from fixedip.policy.decision import Reason
 
 DEFAULT_MAX_KEYS = 100_000
@@ -41,89 +35,7 @@ MAX_ADDRESS_MEMO = 65_536
 MAX_SOURCES_PER_DESTINATION = 4
 MAX_ADDRESSES_PER_DESTINATION = 4
 
-TCP, UDP = "6", "17"
-PROTOCOL_NAMES = {"6": "tcp", "17": "udp", "1": "icmp", "58": "icmpv6", "-": "-"}
 GUARD_REASONS = frozenset({Reason.GUARD_DENIED.value, Reason.GUARD_LOOP.value})
-
-
-class Destination:
-    """The aggregate of every flow to one destination."""
-
-    __slots__ = (
-        "addresses",
-        "bytes",
-        "first",
-        "flows",
-        "host",
-        "internal",
-        "last",
-        "packets",
-        "port",
-        "protocol",
-        "rejected",
-        "sources",
-        "unexpected",
-    )
-
-    def __init__(self, host: str, port: int, protocol: str, when: float) -> None:
-        self.host = host
-        self.port = port
-        self.protocol = protocol
-        self.flows = 0
-        self.bytes = 0
-        self.packets = 0
-        self.rejected = 0
-        self.first = when
-        self.last = when
-        self.internal: str | None = None
-        self.unexpected = False
-        self.sources: list[str] = []
-        # fixedip records only; VPC destinations share the empty tuple (memory per key)
-        self.addresses: list[str] | tuple[()] = ()
-
-    @property
-    def name(self) -> str:
-        return destination_name(self.host, self.port, self.protocol)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "destination": self.name,
-            "host": self.host,
-            "port": self.port,
-            "protocol": PROTOCOL_NAMES.get(self.protocol, f"proto {self.protocol}"),
-            "flows": self.flows,
-            "bytes": self.bytes,
-            "packets": self.packets,
-            "rejected": self.rejected,
-            "first_seen": format_time(self.first),
-            "last_seen": format_time(self.last),
-            "internal": self.internal,
-            "sources": list(self.sources),
-            "addresses": list(self.addresses),
-        }
-
-
-def destination_name(host: str, port: int, protocol: str) -> str:
-    """`host:443`, `[2001:db8::1]:443`, `10.0.0.2:53/udp`, `10.0.0.9 (icmp)`."""
-    shown = f"[{host}]" if ":" in host else host
-    if protocol == TCP:
-        return f"{shown}:{port}"
-    name = PROTOCOL_NAMES.get(protocol, f"proto {protocol}")
-    if protocol == UDP:
-        return f"{shown}:{port}/{name}"
-    return f"{shown} ({name})"
-
-
-class Tally:
-    """Flows, bytes and first/last time of one source or one group of rejected flows."""
-
-    __slots__ = ("bytes", "first", "flows", "last")
-
-    def __init__(self, when: float) -> None:
-        self.flows = 0
-        self.bytes = 0
-        self.first = when
-        self.last = when
 
 
 class FlowAnalysis:

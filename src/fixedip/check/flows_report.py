@@ -11,9 +11,10 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from fixedip.check.flows import Destination, FlowAnalysis, Tally
+from fixedip.check.flows import FlowAnalysis
 from fixedip.check.flows_input import InputStats
 from fixedip.check.flows_match import format_time
+from fixedip.check.flows_model import Destination, Tally
 
 OK, UNEXPECTED, BAD_INPUT, COULD_NOT_RUN = 0, 1, 2, 3
 # A file is bad input when nothing in it parsed, or when more than this many of its
