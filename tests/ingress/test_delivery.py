@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from fixedip.ingress import spool as spool_mod
+from fixedip.ingress import spoolfile
 from fixedip.ingress.spool import Spool, SpoolRecord
 from tests.ingress.stubs import RunningRelay, TargetStub, iter_flow, relay_config, wait_until
 
@@ -33,7 +34,7 @@ def post(relay: RunningRelay, path: str, body: bytes = b"{}", **kw: Any) -> str:
 def spool_record(tmp_path: Path, delivery_id: str) -> SpoolRecord:
     conn = spool_mod.connect(tmp_path / "spool.db")
     try:
-        record = spool_mod.get_record(conn, delivery_id)
+        record = spoolfile.get_record(conn, delivery_id)
     finally:
         conn.close()
     assert record is not None
@@ -288,7 +289,7 @@ def test_delivered_records_are_dropped_after_keep_delivered_s(
     def gone() -> bool:
         conn = spool_mod.connect(tmp_path / "spool.db")
         try:
-            return spool_mod.get_record(conn, delivery_id) is None
+            return spoolfile.get_record(conn, delivery_id) is None
         finally:
             conn.close()
 

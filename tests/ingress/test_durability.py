@@ -14,6 +14,7 @@ import requests
 import trustme
 
 from fixedip.ingress import spool as spool_mod
+from fixedip.ingress import spoolfile
 from tests.ingress.stubs import (
     RunningRelay,
     TargetStub,
@@ -48,7 +49,7 @@ def test_a_spool_that_cannot_commit_answers_503_and_stores_nothing(
     assert bodies == [b"before", b"after"]
     conn = spool_mod.connect(tmp_path / "spool.db")
     try:
-        stored = [r.body for r in spool_mod.list_records(conn, None, 10)]
+        stored = [r.body for r in spoolfile.list_records(conn, None, 10)]
     finally:
         conn.close()
     assert b"during" not in stored

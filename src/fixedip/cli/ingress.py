@@ -24,6 +24,7 @@ from rich.table import Table
 
 from fixedip.cli.config import load_or_exit
 from fixedip.ingress import spool as spool_mod
+from fixedip.ingress import spoolfile
 
 app = typer.Typer(
     help="The webhook relay: run it, list, inspect, replay and purge spooled webhooks.",
@@ -164,7 +165,7 @@ def ls(
         raise _fail(f"--since: {exc}") from None
     conn = _open(config, spool)
     with contextlib.closing(conn):
-        records = spool_mod.list_records(conn, state, max(1, limit), since_ts)
+        records = spoolfile.list_records(conn, state, max(1, limit), since_ts)
     if fmt == "json":
         typer.echo(json.dumps([r.summary() for r in records], indent=2))
         return
@@ -191,7 +192,7 @@ def show(
     _check_format(fmt)
     conn = _open(config, spool)
     with contextlib.closing(conn):
-        record = spool_mod.get_record(conn, record_id)
+        record = spoolfile.get_record(conn, record_id)
     if record is None:
         raise _fail(f"no webhook with id {record_id!r} (or the prefix is not unique)")
     data = record.summary()
@@ -242,11 +243,11 @@ def replay(
     ids = []
     with contextlib.closing(conn):
         for given in record_ids or []:
-            record = spool_mod.get_record(conn, given)
+            record = spoolfile.get_record(conn, given)
             if record is None:
                 raise _fail(f"no webhook with id {given!r} (or the prefix is not unique)")
             ids.append(record.id)
-        count = spool_mod.replay(conn, ids=ids, all_dead=all_dead, since=since_ts)
+        count = spoolfile.replay(conn, ids=ids, all_dead=all_dead, since=since_ts)
     typer.echo(f"{count} webhook{'s' if count != 1 else ''} queued for delivery again")
 
 
@@ -268,5 +269,5 @@ def purge(
         raise _fail(f"--delivered-before: {exc}") from None
     conn = _open(config, spool)
     with contextlib.closing(conn):
-        count = spool_mod.purge_delivered(conn, before)
+        count = spoolfile.purge_delivered(conn, before)
     typer.echo(f"{count} delivered webhook{'s' if count != 1 else ''} deleted")

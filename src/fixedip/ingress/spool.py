@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS receipts (
 );
 """
 
-_COLUMNS = (
+COLUMNS = (
     "seq, id, route, method, path, query, headers, body, source, received, state, "
     "attempts, next_attempt, last_status, last_error, updated"
 )
@@ -146,7 +146,7 @@ def _headers_json(headers: list[tuple[str, str]]) -> str:
 
 
 @contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT on an autocommit connection (ROLLBACK on error)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -157,7 +157,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def _row_to_record(row: tuple[Any, ...]) -> SpoolRecord:
+def row_to_record(row: tuple[Any, ...]) -> SpoolRecord:
     return SpoolRecord(
         seq=row[0],
         id=row[1],
@@ -351,10 +351,10 @@ class Spool:
                 f"UPDATE records SET state = 'delivering', updated = ? WHERE seq IN ("
                 "SELECT seq FROM records WHERE state = 'pending' AND route = ? "
                 "AND next_attempt <= ? ORDER BY next_attempt LIMIT ?) "
-                f"RETURNING {_COLUMNS}",
+                f"RETURNING {COLUMNS}",
                 (now, route, now, limit),
             ).fetchall()
-            return [_row_to_record(row) for row in rows]
+            return [row_to_record(row) for row in rows]
 
         result: list[SpoolRecord] = await self._submit(take)
         return result
@@ -463,82 +463,3 @@ def _settle(batch: list[_Op], results: list[tuple[bool, Any]]) -> None:
             future.set_result(value)
         else:
             future.set_exception(value)
-
-
-# --- offline access for the CLI (another process may be serving) -------------------
-
-
-def list_records(
-    conn: sqlite3.Connection, state: str | None, limit: int, since: float | None = None
-) -> list[SpoolRecord]:
-    sql = f"SELECT {_COLUMNS} FROM records"
-    where: list[str] = []
-    args: list[Any] = []
-    if state:
-        where.append("state = ?")
-        args.append(state)
-    if since is not None:
-        where.append("received >= ?")
-        args.append(since)
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY seq DESC LIMIT ?"
-    rows = conn.execute(sql, (*args, limit)).fetchall()
-    return [_row_to_record(row) for row in rows]
-
-
-def get_record(conn: sqlite3.Connection, record_id: str) -> SpoolRecord | None:
-    """By full id or a unique prefix of at least 6 characters."""
-    rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM records WHERE id = ? "
-        "OR (length(?) >= 6 AND substr(id, 1, length(?)) = ?) LIMIT 2",
-        (record_id, record_id, record_id, record_id),
-    ).fetchall()
-    exact = [row for row in rows if row[1] == record_id]
-    if exact:
-        return _row_to_record(exact[0])
-    return _row_to_record(rows[0]) if len(rows) == 1 else None
-
-
-def replay(
-    conn: sqlite3.Connection,
-    *,
-    ids: Iterable[str] = (),
-    all_dead: bool = False,
-    since: float | None = None,
-) -> int:
-    """Make records pending again, due now, with their attempts reset; returns how many.
-
-    Records being delivered right now are left alone. The relay picks replayed records
-    up on its next poll (within a second).
-    """
-    now = time.time()
-    changed = 0
-    with _transaction(conn):
-        for record_id in ids:
-            changed += conn.execute(
-                "UPDATE records SET state = 'pending', attempts = 0, next_attempt = ?, "
-                "updated = ? WHERE id = ? AND state != 'delivering'",
-                (now, now, record_id),
-            ).rowcount
-        if all_dead:
-            changed += conn.execute(
-                "UPDATE records SET state = 'pending', attempts = 0, next_attempt = ?, "
-                "updated = ? WHERE state = 'dead'",
-                (now, now),
-            ).rowcount
-        if since is not None:
-            changed += conn.execute(
-                "UPDATE records SET state = 'pending', attempts = 0, next_attempt = ?, "
-                "updated = ? WHERE received >= ? AND state IN ('delivered', 'dead')",
-                (now, now, since),
-            ).rowcount
-    return changed
-
-
-def purge_delivered(conn: sqlite3.Connection, before: float) -> int:
-    """Delete delivered records last updated before `before`; returns how many."""
-    with _transaction(conn):
-        return conn.execute(
-            "DELETE FROM records WHERE state = 'delivered' AND updated < ?", (before,)
-        ).rowcount
