@@ -133,7 +133,7 @@ def test_sigterm_closes_idle_tls_connections_and_exits_0(
             assert sock.recv(1) == b""  # closed by the gateway (close_notify, then FIN)
 
 
-def test_a_client_resumes_its_session_on_either_worker(
+def test_a_client_resumes_its_session_on_either_worker_also_after_a_renewal(
     serve: ServeFactory, pki: GatewayPKI, tmp_path: Path, vendor: VendorServer
 ) -> None:
     """Workers share their session-ticket keys (the supervisor makes the context before it
@@ -155,9 +155,22 @@ def test_a_client_resumes_its_session_on_either_worker(
     with tls_connect(address, context) as first:
         assert forward_get(first, vendor.url("/first")).startswith(b"HTTP/1.1 200")
         session = first.session
-    resumed = []
-    for i in range(10):
-        with tls_connect(address, context, session=session) as again:
-            assert forward_get(again, vendor.url(f"/again{i}")).startswith(b"HTTP/1.1 200")
-            resumed.append(again.session_reused)
-    assert all(resumed), resumed
+
+    def resumed() -> list[bool]:
+        out = []
+        for i in range(10):
+            with tls_connect(address, context, session=session) as again:
+                assert forward_get(again, vendor.url(f"/again{i}")).startswith(b"HTTP/1.1 200")
+                out.append(again.session_reused)
+        return out
+
+    assert all(resumed())
+    # A renewal loaded by both workers keeps the keys they share: still resumed everywhere.
+    pki.issue()
+    mark = gateway.mark
+    gateway.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while sum("TLS certificate loaded" in line for line in gateway.stderr[mark:]) < 2:
+        assert time.monotonic() < deadline, "both workers should log the reload"
+        time.sleep(0.05)
+    assert all(resumed())

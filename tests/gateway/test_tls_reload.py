@@ -4,6 +4,7 @@ handshakes without dropping open connections, and a bad new pair never replaces 
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -211,3 +212,35 @@ def test_a_certificate_from_another_ca_still_loads(pki: GatewayPKI) -> None:
 def test_listen_https_without_tls_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"listen\.https: .*\[tls\] section.*tls\.cert"):
         gateway_config(tmp_path, listen={"https": "127.0.0.1:3129"})
+
+
+# --- session resumption across renewals -----------------------------------------------------
+
+
+def test_a_renewal_keeps_the_session_tickets_clients_hold(
+    make_gateway: MakeGateway, pki: GatewayPKI, vendor: VendorServer, fast_poll: None
+) -> None:
+    gw = make_gateway(**tls_overrides(pki))
+    context = pki.client_context()
+    with tls_connect(https_address(gw), context) as first:
+        assert forward_get(first, vendor.url("/ticket")).startswith(b"HTTP/1.1 200")
+        session = first.session
+    wait_for_serial(gw, pki, pki.issue())  # same kind of key: loaded into the same context
+    with tls_connect(https_address(gw), context, session=session) as again:
+        assert again.session_reused
+        assert forward_get(again, vendor.url("/resumed")).startswith(b"HTTP/1.1 200")
+
+
+def test_a_renewal_to_another_kind_of_key_leaves_nothing_of_the_old_certificate(
+    make_gateway: MakeGateway, pki: GatewayPKI, fast_poll: None
+) -> None:
+    """OpenSSL keeps one certificate per kind of key in a context: an RSA renewal of an
+    ECDSA certificate gets a fresh context, so the old ECDSA one is never served again."""
+    gw = make_gateway(**tls_overrides(pki))
+    ecdsa_only = pki.client_context()
+    ecdsa_only.maximum_version = ssl.TLSVersion.TLSv1_2
+    ecdsa_only.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+    tls_connect(https_address(gw), ecdsa_only).close()  # the ECDSA certificate is served
+    wait_for_serial(gw, pki, pki.issue(key_type=trustme.KeyType.RSA))
+    with pytest.raises(ssl.SSLError):
+        tls_connect(https_address(gw), ecdsa_only).close()

@@ -28,7 +28,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import field_validator
 
@@ -103,6 +103,11 @@ def _read(key: str, path: str) -> bytes:
 def check_pair(settings: TlsConfig, now: datetime.datetime | None = None) -> datetime.datetime:
     """Check the certificate chain and key the way an operator needs to hear about it;
     returns the certificate's expiry. Raises TlsFileError naming the file at fault."""
+    return _check(settings, now)[0]
+
+
+def _check(settings: TlsConfig, now: datetime.datetime | None) -> tuple[datetime.datetime, str]:
+    """check_pair, and the kind of key (OpenSSL keeps one certificate per kind)."""
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
@@ -149,12 +154,30 @@ def check_pair(settings: TlsConfig, now: datetime.datetime | None = None) -> dat
             raise TlsFileError(
                 "client_ca", settings.client_ca, "holds no PEM certificate"
             ) from None
-    return leaf.not_valid_after_utc
+    return leaf.not_valid_after_utc, _key_kind(leaf.public_key())
 
 
-def server_context(settings: TlsConfig) -> tuple[ssl.SSLContext, datetime.datetime]:
-    """A server context for the pair in `settings` and the certificate's expiry."""
-    expires = check_pair(settings)
+def _key_kind(public_key: Any) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return "rsa"
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return "ec"
+    return type(public_key).__name__
+
+
+class Served(NamedTuple):
+    """A server context, the expiry of its certificate and the kind of its key."""
+
+    context: ssl.SSLContext
+    expires: datetime.datetime
+    key_kind: str
+
+
+def server_context(settings: TlsConfig) -> Served:
+    """A server context for the pair in `settings` (checked first)."""
+    expires, key_kind = _check(settings, None)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
@@ -170,7 +193,7 @@ def server_context(settings: TlsConfig) -> tuple[ssl.SSLContext, datetime.dateti
         except (ssl.SSLError, OSError) as exc:
             raise TlsFileError("client_ca", settings.client_ca, str(exc)) from None
         context.verify_mode = ssl.CERT_REQUIRED
-    return context, expires
+    return Served(context, expires, key_kind)
 
 
 def _stamp(settings: TlsConfig) -> tuple[tuple[int, int, int] | None, ...]:
@@ -188,25 +211,25 @@ def _stamp(settings: TlsConfig) -> tuple[tuple[int, int, int] | None, ...]:
 # Built by the supervisor before it forks workers: each inherits this context and with it
 # the same session-ticket keys, so a returning client resumes whichever worker the kernel
 # gives its next connection. A worker that reloads a renewed pair makes its own context.
-_shared: tuple[TlsConfig, tuple[Any, ...], ssl.SSLContext, datetime.datetime] | None = None
+_shared: tuple[TlsConfig, tuple[Any, ...], Served] | None = None
 
 
 def share_before_fork(settings: TlsConfig) -> None:
     """Build the context now, in the process that forks the workers."""
     global _shared
     try:
-        context, expires = server_context(settings)
+        served = server_context(settings)
     except TlsFileError:
         return  # each worker reports it (exit 2) when it starts
-    _shared = (settings, _stamp(settings), context, expires)
+    _shared = (settings, _stamp(settings), served)
 
 
-def _context_for(settings: TlsConfig) -> tuple[ssl.SSLContext, datetime.datetime]:
+def _context_for(settings: TlsConfig) -> Served:
     """The inherited context while the files are the ones it was made from, else a new one."""
     if _shared is not None:
-        shared_settings, stamp, context, expires = _shared
+        shared_settings, stamp, served = _shared
         if shared_settings == settings and stamp == _stamp(settings):
-            return context, expires
+            return served
     return server_context(settings)
 
 
@@ -219,13 +242,17 @@ class TlsListener:
     def __init__(self, gateway: Gateway, settings: TlsConfig) -> None:
         self.gw = gateway
         self.settings = settings
-        self.context, self.expires = _context_for(settings)  # TlsFileError: not started
+        self.served = _context_for(settings)  # TlsFileError: not started
         self._stamp = _stamp(settings)
         self._refused: tuple[Any, ...] | None = None
         self._seen: tuple[Any, ...] = self._stamp
         self.handshakes: set[asyncio.Task[None]] = set()
         self._metrics = _TlsMetrics(gateway.metrics.registry)
-        self._metrics.expires.set(self.expires.timestamp())
+        self._metrics.expires.set(self.served.expires.timestamp())
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.served.context
 
     def listen(
         self, host: str, port: int, session: Callable[[], ClientSession], *, reuse_port: bool
@@ -252,21 +279,45 @@ class TlsListener:
         settings = settings or self.settings
         stamp = _stamp(settings)
         try:
-            context, expires = server_context(settings)
+            fresh = server_context(settings)
         except TlsFileError as exc:
             log.error("TLS reload refused, the certificate in service stays: %s", exc)
             self._refused = stamp
             self._metrics.reloads.labels("refused").inc()
             return False
-        self.context, self.expires, self.settings = context, expires, settings
+        self.served = self._renewed_in_place(settings, stamp, fresh) or fresh
+        self.settings = settings
         self._stamp = self._seen = stamp
         self._refused = None
         self._metrics.reloads.labels("ok").inc()
-        self._metrics.expires.set(expires.timestamp())
+        self._metrics.expires.set(fresh.expires.timestamp())
         log.info(
-            "TLS certificate loaded from %s (expires %s)", settings.cert, f"{expires:%Y-%m-%d}"
+            "TLS certificate loaded from %s (expires %s)",
+            settings.cert,
+            f"{fresh.expires:%Y-%m-%d}",
         )
         return True
+
+    def _renewed_in_place(
+        self, settings: TlsConfig, stamp: tuple[Any, ...], fresh: Served
+    ) -> Served | None:
+        """The context in service with the new pair loaded into it, when that is safe: it
+        keeps its session-ticket keys, so clients (on any worker) still resume after a
+        renewal. Only for the same kind of key (OpenSSL keeps one certificate per kind;
+        the old one would stay beside it) and the same client CA (CAs can only be added).
+        None: use the fresh context, checked and complete."""
+        old = self.served
+        if old.key_kind != fresh.key_kind or settings.client_ca != self.settings.client_ca:
+            return None
+        if stamp[2] != self._stamp[2]:
+            return None
+        try:
+            old.context.load_cert_chain(settings.cert, settings.key)
+        except (ssl.SSLError, OSError):
+            return None  # changed again meanwhile; the live context may be half-loaded
+        if _stamp(settings) != stamp:
+            return None  # it may now hold files other than the ones just checked
+        return Served(old.context, fresh.expires, fresh.key_kind)
 
     async def watch(self) -> None:
         """Reload when the files change on disk (an ACME client renewing them)."""
