@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 import tomli_w
 
@@ -29,6 +30,7 @@ DELIVERY_TIMEOUT_S = 20.0
 MAX_SENDS = 200_000  # bound on the load loop, never reached in practice
 
 
+@pytest.mark.timeout(180)  # five process starts; slow when the machine is busy
 def test_every_acknowledged_webhook_survives_repeated_sigkill(
     tmp_path: Path, target: TargetStub
 ) -> None:
