@@ -105,6 +105,7 @@ def test_cloudformation_for_gcp_is_exit_2() -> None:
         (["--client-cidr", "everyone"], "--client-cidr 'everyone': expected a CIDR"),
         (["--name", "Fixed IP"], "--name 'Fixed IP': 1-20 characters"),
         (["--region", "EU"], "--region 'EU': expected a region"),
+        (["--instance-type", "t3.small"], "--instance-type 't3.small': the gateway image is arm64"),
     ],
 )
 def test_bad_parameters_are_exit_2_naming_the_flag(args: list[str], message: str) -> None:

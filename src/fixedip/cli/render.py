@@ -32,9 +32,9 @@ def render_command(
     azs: Annotated[int, typer.Option(help="Availability zones (subnets, NAT Gateways).")] = (
         _DEFAULTS.azs
     ),
-    ips: Annotated[int, typer.Option(help="Fixed IPs per gateway (or Cloud NAT addresses).")] = (
-        _DEFAULTS.ips
-    ),
+    ips: Annotated[
+        int, typer.Option(help="Fixed IPs per NAT Gateway or gateway VM; Cloud NAT addresses.")
+    ] = (_DEFAULTS.ips),
     floating: Annotated[
         int, typer.Option(help="fixedip-ha: Elastic IPs that move between the gateways.")
     ] = _DEFAULTS.floating,

@@ -22,7 +22,8 @@ VPC_RANGES = tuple(
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 _REGION = re.compile(r"^[a-z]+(-[a-z0-9]+)+$")
 _FUNCTION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+# Graviton (arm64) families carry a "g" after the generation: t4g, m7g, c6gn, is4gen.
+_INSTANCE_TYPE = re.compile(r"^[a-z]+[0-9]+[a-z-]*g[a-z-]*\.[a-z0-9]+$")
 _DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9-]{1,63}$")
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]*$")
 
@@ -71,7 +72,10 @@ class RenderParams:
         if not 1 <= self.floating <= MAX_FLOATING:
             problems.append(f"--floating {self.floating}: expected 1 to {MAX_FLOATING}")
         if not _INSTANCE_TYPE.match(self.instance_type):
-            problems.append(f"--instance-type {self.instance_type!r}: expected e.g. t4g.small")
+            problems.append(
+                f"--instance-type {self.instance_type!r}: the gateway image is arm64 "
+                "(Graviton): expected a type such as t4g.small or m7g.medium"
+            )
         if not _FUNCTION.match(self.function_name):
             problems.append(
                 f"--function-name {self.function_name!r}: letters, digits, '-' and '_' only"
