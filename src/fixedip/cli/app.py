@@ -12,6 +12,7 @@ from fixedip.cli import flows as flows_cmd
 from fixedip.cli import ingress as ingress_cmd
 from fixedip.cli import ips as ips_cmd
 from fixedip.cli import plan as plan_cmd
+from fixedip.cli import render as render_cmd
 from fixedip.cli import serve as serve_cmd
 from fixedip.cli import status as status_cmd
 from fixedip.cli import suggest as suggest_cmd
@@ -40,6 +41,7 @@ app.add_typer(flows_cmd.app, name="flows")
 app.add_typer(ingress_cmd.app, name="ingress")
 app.add_typer(plan_cmd.app, name="plan")
 app.add_typer(aws_cmd.app, name="aws")
+app.command("render")(render_cmd.render_command)
 app.add_typer(tls_cmd.app, name="tls")
 app.add_typer(token_cmd.app, name="token")
 app.add_typer(suggest_cmd.app, name="suggest")
