@@ -329,3 +329,58 @@ def test_nothing_waits_on_a_redis_that_does_not_answer(redis_server: RedisServer
     spent, degraded = run(main())
     assert degraded
     assert spent < 5.0  # three timeouts of 30 ms, not a hang (bounded, not a benchmark)
+
+
+def test_reserves_for_high_limits_never_let_the_fleet_exceed_them(
+    redis_server: RedisServer,
+) -> None:
+    """100/s with burst 40 asked by two members for 1 s: each keeps a small reserve,
+    and all of them together still get at most 40 + 100 tokens."""
+
+    async def main() -> tuple[int, int]:
+        a, b = link_for(redis_server, "a"), link_for(redis_server, "b")
+        await joined(a, b)
+        a.members = b.members = 2
+        stores = [FleetLimitStore(a), FleetLimitStore(b)]
+        granted = reserved = 0
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            for store in stores:
+                if store.try_reserved("v", 100.0, 40.0, None):
+                    granted += 1
+                    reserved += 1
+                    continue
+                result = await store.attempt("v", 100.0, 40.0, None)
+                assert result is not None
+                granted += result[0] == 0.0
+            await asyncio.sleep(0.001)
+        return granted, reserved
+
+    granted, reserved = run(main())
+    assert reserved > 0  # the reserve was used
+    assert granted <= 40 + 100 + 1
+
+
+def test_spare_slots_count_against_the_cap_and_go_back_when_idle(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> tuple[int, Any, Any]:
+        a, b = link_for(redis_server, "a"), link_for(redis_server, "b")
+        await joined(a, b)
+        a.members = b.members = 2
+        mine, theirs = FleetLimitStore(a), FleetLimitStore(b)
+        assert await mine.attempt("v", 0.0, 0.0, 16) == (0.0, None)  # 1 used + 2 spare
+        taken = 0
+        while (await theirs.attempt("v", 0.0, 0.0, 16)) == (0.0, None):
+            taken += 1
+            assert taken <= 16
+        refused = await theirs.attempt("v", 0.0, 0.0, 16)
+        await asyncio.sleep(1.1)
+        mine.renew()  # unused for longer than RESERVE_TTL_S: the spares go back
+        await a.call("PING")
+        return taken, refused, await theirs.attempt("v", 0.0, 0.0, 16)
+
+    taken, refused, later = run(main())
+    assert taken <= 16 - 3  # never more than the cap, counting the other member's spares
+    assert refused is not None and refused[1] == "concurrency_limited"
+    assert later == (0.0, None)

@@ -35,21 +35,25 @@ from fixedip.identity.limits import SHARED_RECHECK_S, Blocked, LocalLimitStore
 log = logging.getLogger("fixedip.fleet")
 
 # KEYS: bucket, slots, pause. ARGV: rate per s, burst, concurrency (0: none), lease ms,
-# lease id. Returns {code, wait in microseconds, slots in use}; code 0 granted, 1 paused,
-# 2 no slot, 3 no token. The bucket is GCRA: one number, the microsecond it is full again.
+# lease id, extra tokens wanted, extra slots wanted. Returns {code, wait in microseconds,
+# slots in use, extra tokens taken, extra slots taken}; code 0 granted, 1 paused, 2 no
+# slot, 3 no token. The bucket is GCRA: one number, the microsecond it is full again.
+# Extras (a member's small reserve) are taken only from what is there now, never waited
+# for; extra slot i is leased as "<lease id>+i".
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local paused = redis.call('PTTL', KEYS[3])
-if paused > 0 then return {1, paused * 1000, 0} end
+if paused > 0 then return {1, paused * 1000, 0, 0, 0} end
 local conc = tonumber(ARGV[3])
 local used = 0
 if conc > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   used = redis.call('ZCARD', KEYS[2])
-  if used >= conc then return {2, 0, used} end
+  if used >= conc then return {2, 0, used, 0, 0} end
 end
 local rate = tonumber(ARGV[1])
+local tokens = 0
 if rate > 0 then
   local step = 1000000 / rate
   local span = tonumber(ARGV[2]) * step
@@ -57,16 +61,25 @@ if rate > 0 then
   if full_at < now then full_at = now end
   local after = full_at + step
   local wait = after - now - span
-  if wait > 1 then return {3, math.ceil(wait), used} end
+  if wait > 1 then return {3, math.ceil(wait), used, 0, 0} end
+  local room = math.floor((now + span - after) / step + 0.000001)
+  tokens = math.max(0, math.min(tonumber(ARGV[6]), room))
+  after = after + tokens * step
   redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', math.ceil(span / 1000) + 1000)
 end
+local slots = 0
 if conc > 0 then
-  local lease_us = tonumber(ARGV[4]) * 1000
-  redis.call('ZADD', KEYS[2], string.format('%.0f', now + lease_us), ARGV[5])
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
+  local expiry = string.format('%.0f', now + tonumber(ARGV[4]) * 1000)
+  redis.call('ZADD', KEYS[2], expiry, ARGV[5])
   used = used + 1
+  slots = math.max(0, math.min(tonumber(ARGV[7]), conc - used))
+  for i = 1, slots do
+    redis.call('ZADD', KEYS[2], expiry, ARGV[5] .. '+' .. i)
+  end
+  used = used + slots
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
 end
-return {0, 0, used}
+return {0, 0, used, tokens, slots}
 """
 
 # KEYS: slots. ARGV: lease ms, mode ("XX": only extend leases still there; "": re-add),
@@ -93,8 +106,23 @@ _REASONS: dict[int, Blocked] = {
 }
 
 
+RESERVE_SHARE = 4  # a member keeps at most 1 / (4 x members) of a limit in reserve
+MIN_RESERVE = 2  # smaller reserves are not kept: every permit asks Redis
+MAX_RESERVE = 256  # keeps the script short and what a dying member strands small
+RESERVE_TTL_S = 1.0  # reserve tokens older than this are dropped; idle spare slots returned
+
+
 class FleetLimitStore:
-    """Buckets, leased slots and pauses in Redis; see the module docstring."""
+    """Buckets, leased slots and pauses in Redis; see the module docstring.
+
+    High limits: when a destination's burst or concurrency is large against the fleet's
+    size, each Redis round trip also takes a small reserve (at most a 1/(4 x members)
+    share, whatever is there at once) that later permits use without asking Redis
+    (`try_reserved`). Reserved tokens and slots were taken from the shared bucket and
+    lease set, so the fleet never exceeds a limit; a reserve only delays another
+    member's turn, and is dropped after RESERVE_TTL_S unused. Small limits (a vendor's
+    20/s) keep no reserve: every permit is decided in Redis.
+    """
 
     shared = True
 
@@ -103,11 +131,50 @@ class FleetLimitStore:
         self.lease_ms = max(1, round(link.settings.lease_s * 1000))
         self._local = LocalLimitStore(parts=link.members)
         self._held: dict[str, list[str]] = {}  # lease ids this process holds, per key
+        self._spare: dict[str, list[str]] = {}  # leased in Redis, not in use yet
+        self._spare_target: dict[str, int] = {}
+        self._tokens: dict[str, tuple[int, float]] = {}  # reserve: (count, when taken)
+        self._used_at: dict[str, float] = {}  # last permit from the reserve, per key
+        self._refilling: set[str] = set()  # keys with a reserve request in flight
         self._ids = itertools.count()
         self._in_use: dict[str, int] = {}  # slot counts Redis reported last
         self._acquire = link.redis.script(ACQUIRE)
         self._renew = link.redis.script(RENEW)
         link.on_rejoin.append(self.resync)
+        link.on_change.append(lambda degraded: self._drop_reserves() if degraded else None)
+
+    def _reserve_size(self, limit: float) -> int:
+        size = min(MAX_RESERVE, int(limit // (RESERVE_SHARE * max(1, self.link.members))))
+        return size if size >= MIN_RESERVE else 0
+
+    def try_reserved(
+        self, key: str, rate_per_s: float, burst: float, concurrency: int | None
+    ) -> bool:
+        """A permit from this member's reserve, without asking Redis; False if there is
+        none (or the destination is paused here)."""
+        now = time.monotonic()
+        if rate_per_s:
+            entry = self._tokens.get(key)
+            if entry is None or entry[0] <= 0 or now - entry[1] > RESERVE_TTL_S:
+                return False
+        if concurrency:
+            spare = self._spare.get(key)
+            if not spare:
+                return False
+        if self._local.paused_for(key) > 0:
+            return False
+        if concurrency:
+            self._held.setdefault(key, []).append(self._spare[key].pop())
+        if rate_per_s:
+            count, taken = self._tokens[key]
+            self._tokens[key] = (count - 1, taken)
+        self._used_at[key] = now
+        return True
+
+    def _drop_reserves(self) -> None:
+        """Degraded: reserves are Redis's; they expire there by themselves."""
+        self._spare.clear()
+        self._tokens.clear()
 
     @property
     def remote(self) -> bool:
@@ -125,7 +192,29 @@ class FleetLimitStore:
     ) -> tuple[float, Blocked | None] | None:
         link = self.link
         lease = self._lease_id()
-        args = [repr(float(rate_per_s)), repr(float(burst)), concurrency or 0, self.lease_ms, lease]
+        extra_tokens = extra_slots = 0
+        refill = key not in self._refilling  # one reserve request in flight per key
+        if refill and rate_per_s:
+            size = self._reserve_size(burst)
+            entry = self._tokens.get(key)
+            fresh = entry[0] if entry and time.monotonic() - entry[1] <= RESERVE_TTL_S else 0
+            extra_tokens = max(0, size - fresh)
+        if refill and concurrency:
+            target = self._spare_target[key] = self._reserve_size(concurrency)
+            extra_slots = max(0, target - len(self._spare.get(key, ())))
+        if extra_tokens or extra_slots:
+            self._refilling.add(key)
+        else:
+            refill = False
+        args = [
+            repr(float(rate_per_s)),
+            repr(float(burst)),
+            concurrency or 0,
+            self.lease_ms,
+            lease,
+            extra_tokens,
+            extra_slots,
+        ]
         try:
             reply = await link.redis.run_script(
                 self._acquire, self._keys(key), args, timeout_s=link.timeout_s
@@ -137,12 +226,25 @@ class FleetLimitStore:
             log.warning("fleet: the limit script failed (%s): serving from local state", exc)
             link.degrade(f"limit script failed: {exc}")
             return None
+        finally:
+            if refill:
+                self._refilling.discard(key)
         link.succeeded()
-        code, wait_us, used = reply
+        code, wait_us, used, tokens, slots = reply
         self._in_use[key] = used
         if code == 0:
+            now = time.monotonic()
             if concurrency:
                 self._held.setdefault(key, []).append(lease)
+                if slots:
+                    spare = self._spare.setdefault(key, [])
+                    spare.extend(f"{lease}+{i}" for i in range(1, slots + 1))
+            if tokens:
+                entry = self._tokens.get(key)
+                kept = entry[0] if entry and now - entry[1] <= RESERVE_TTL_S else 0
+                self._tokens[key] = (kept + tokens, now)
+            if tokens or slots:
+                self._used_at[key] = now
             return 0.0, None
         if code == 2:
             return SHARED_RECHECK_S, "concurrency_limited"
@@ -170,7 +272,12 @@ class FleetLimitStore:
         lease = held.pop()
         if not held:
             del self._held[key]
-        if not self.link.degraded:
+        if self.link.degraded:
+            return
+        spare = self._spare.get(key)
+        if spare is not None and len(spare) < self._spare_target.get(key, 0):
+            spare.append(lease)  # still leased: the next permit here uses it
+        else:
             self.link.redis.fire("ZREM", self._keys(key)[1], lease)
 
     def slots_in_use(self, key: str) -> int:
@@ -197,14 +304,22 @@ class FleetLimitStore:
 
     # background ------------------------------------------------------------------
     def renew(self) -> None:
-        """Extend every lease this process holds (call every heartbeat)."""
-        for key, leases in self._held.items():
+        """Extend every lease this process holds (call every heartbeat); give back spare
+        slots nobody here used for RESERVE_TTL_S."""
+        now = time.monotonic()
+        for key, spare in list(self._spare.items()):
+            if spare and now - self._used_at.get(key, 0.0) > RESERVE_TTL_S:
+                self.link.redis.fire("ZREM", self._keys(key)[1], *spare)
+                spare.clear()
+        for key in set(self._held) | {k for k, v in self._spare.items() if v}:
+            leases = [*self._held.get(key, ()), *self._spare.get(key, ())]
             self.link.redis.fire(
                 "EVALSHA", self._renew, 1, self._keys(key)[1], self.lease_ms, "XX", *leases
             )
 
     async def resync(self) -> None:
         """On re-join: the slots held now (also those taken while degraded) become leases."""
+        self._drop_reserves()
         for key, leases in list(self._held.items()):
             if leases:
                 await self.link.redis.call(

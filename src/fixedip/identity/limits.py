@@ -180,6 +180,13 @@ class RemoteLimitStore(LimitStore, Protocol):
         a permit was granted, (seconds to wait, why) when not, None if not asked."""
         ...
 
+    def try_reserved(
+        self, key: str, rate_per_s: float, burst: float, concurrency: int | None
+    ) -> bool:
+        """A permit from what this process took ahead from the shared store, without a
+        round trip; False when it has none."""
+        ...
+
 
 class LocalLimitStore:
     """The in-process store: exact, cheap, and per process (one gateway worker).
@@ -375,7 +382,13 @@ class Limiter:
         Never jumps the queue: while anyone waits for `key`, this returns None.
         """
         skey = self.store_key(key)
-        if skey in self._queues or (self._remote is not None and self._remote.remote):
+        if skey in self._queues:
+            return None
+        remote = self._remote
+        if remote is not None and remote.remote:
+            concurrency = self.policy.concurrency
+            if remote.try_reserved(skey, self._rate_per_s, self._burst, concurrency):
+                return Permit(self, skey, slot=concurrency is not None)
             return None
         outcome = self._attempt(skey)
         return outcome if isinstance(outcome, Permit) else None
@@ -473,6 +486,8 @@ class Limiter:
         """`_attempt` through a remote store; falls back to it when the store is not asked."""
         assert self._remote is not None
         concurrency = self.policy.concurrency
+        if self._remote.try_reserved(skey, self._rate_per_s, self._burst, concurrency):
+            return Permit(self, skey, slot=concurrency is not None)
         result = await self._remote.attempt(skey, self._rate_per_s, self._burst, concurrency)
         if result is None:
             return self._attempt(skey)
