@@ -28,6 +28,11 @@ A store shared by workers or a fleet (Redis) must guarantee:
 - `shared` is True: a slot freed in another process wakes no local waiter, so a waiter
   blocked on a slot re-checks every `SHARED_RECHECK_S`. FIFO order holds per process.
 - Store errors propagate out of `acquire`; the gateway decides whether to fail open.
+
+A store reached over the network (the fleet's Redis, `fixedip.fleet.store`) also
+implements `RemoteLimitStore`: while it is reachable a permit is one awaited `attempt`
+(or comes from a reserve it took ahead, `try_reserved`), and when it is not, the
+synchronous methods above serve from local state.
 """
 
 from __future__ import annotations
