@@ -12,7 +12,7 @@ from typing import Any
 import requests
 
 from tests.fleet.gateways import VENDOR, Member, member_config
-from tests.fleet.servers import RedisServer
+from tests.fleet.servers import RedisServer, free_port
 from tests.helpers import ALLOWED_EGRESS, OTHER_EGRESS, DNSServer, VendorServer
 
 BURST_S = 2.0
@@ -164,3 +164,40 @@ def test_egress_and_metrics_list_every_member(
     metrics = a.admin("/metrics")[1]
     assert 'fixedip_fleet_member_up{member="gw-b"} 1.0' in metrics
     assert "fixedip_fleet_members 2.0" in metrics
+
+
+def test_workers_of_one_gateway_share_a_limit_through_the_fleet_store(
+    tmp_path: Path,
+    fleet_members: Any,
+    redis_server: RedisServer,
+    dns: DNSServer,
+    both_vendor: VendorServer,
+) -> None:
+    rate, burst = 5, 5
+    config = member_config(
+        tmp_path,
+        "gw-a",
+        ALLOWED_EGRESS,
+        redis_server.url,
+        dns.port,
+        {"rate": f"{rate}/s", "burst": burst, "queue_timeout_s": 0},
+    )
+    config["server"] = {"workers": 2}
+    config["listen"] = {"http": f"127.0.0.1:{free_port()}", "socks": "", "admin": ""}
+    member = fleet_members(config)
+    member.process.addresses["http"] = ("127.0.0.1", int(config["listen"]["http"].split(":")[1]))
+    url = f"http://{VENDOR}:{both_vendor.port}/"
+    statuses: list[int] = []
+    started = time.monotonic()
+    threads = [
+        threading.Thread(target=hammer, args=(member, url, started + BURST_S, statuses))
+        for _ in range(4)  # several connections, spread over both workers by the kernel
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    elapsed = time.monotonic() - started
+    assert 0 < len(both_vendor.seen) <= rate * elapsed + burst  # not multiplied by 2
+    members = redis_server.cli("HKEYS", "fixedip:members")
+    assert "gw-a.w0" in members and "gw-a.w1" in members  # each worker is a member
