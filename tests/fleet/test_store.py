@@ -384,3 +384,44 @@ def test_spare_slots_count_against_the_cap_and_go_back_when_idle(
     assert taken <= 16 - 3  # never more than the cap, counting the other member's spares
     assert refused is not None and refused[1] == "concurrency_limited"
     assert later == (0.0, None)
+
+
+def test_rediss_connects_over_tls_verified_against_ca_file(tmp_path: Any) -> None:
+    import subprocess
+
+    import trustme
+
+    from tests.fleet.servers import REDIS_SERVER, _wait_port, free_port
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(tmp_path / "cert.pem"), "--tls-key-file", str(tmp_path / "key.pem"),
+         "--tls-ca-cert-file", str(tmp_path / "ca.pem"), "--tls-auth-clients", "no",
+         "--dir", str(tmp_path), "--save", "", "--requirepass", "pw"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_port(port, proc, "redis-server (TLS)")
+        config = parse(
+            f'[egress]\nips = ["127.0.0.10"]\n[fleet]\nredis = "rediss://:pw@127.0.0.1:{port}/0"\n'
+            f'member = "a"\nca_file = "{tmp_path / "ca.pem"}"\n',
+            "fleet.toml",
+        )
+        assert config.fleet is not None
+
+        async def main() -> Any:
+            assert config.fleet is not None
+            link = Link(config.fleet, "a")
+            assert await link.try_join(), link.degraded_reason
+            return await link.call("PING")
+
+        assert run(main()) == b"PONG"
+    finally:
+        proc.kill()
+        proc.wait(5)
