@@ -201,3 +201,23 @@ def test_workers_of_one_gateway_share_a_limit_through_the_fleet_store(
     assert 0 < len(both_vendor.seen) <= rate * elapsed + burst  # not multiplied by 2
     members = redis_server.cli("HKEYS", "fixedip:members")
     assert "gw-a.w0" in members and "gw-a.w1" in members  # each worker is a member
+
+
+def test_a_block_seen_by_one_member_is_known_to_the_other(
+    tmp_path: Path,
+    fleet_members: Any,
+    redis_server: RedisServer,
+    dns: DNSServer,
+    both_vendor: VendorServer,
+) -> None:
+    a, b = pair(tmp_path, fleet_members, redis_server, dns, {})
+    blocked = f"http://{VENDOR}:{both_vendor.port}/status?code=403"
+    for _ in range(3):  # the default rule: 3 within 60 s
+        requests.get(blocked, proxies={"http": a.proxy}, timeout=5)
+
+    def b_knows() -> bool:
+        return any(
+            q["egress"] == ALLOWED_EGRESS and q["host"] == VENDOR for q in b.fleet()["quarantines"]
+        )
+
+    wait_until(b_knows, 5, "member b learnt member a's quarantine")
