@@ -337,7 +337,8 @@ def test_the_commented_example_in_config_example_is_a_valid_ingress_section(
 
     text = embedded_text("example.toml")
     start = text.index("# [ingress]")
-    lines = [line[2:] if line.startswith("# ") else "" for line in text[start:].splitlines()]
+    end = text.index("\n\n", start)  # the block ends at the first blank line
+    lines = [line[2:] if line.startswith("# ") else "" for line in text[start:end].splitlines()]
     section = "\n".join(
         line
         for line in lines
