@@ -60,10 +60,6 @@ __all__ = [
 
 EMBEDDED_DEFAULT = "<embedded default>"
 
-# Sections of the public contract that later work implements; until then a file that
-# uses them is refused by name rather than silently ignored.
-NOT_SUPPORTED_YET: dict[str, str] = {}
-
 
 class ListenConfig(Section):
     http: ListenField = Endpoint(host=ipaddress.ip_address("127.0.0.1"), port=3128)
@@ -425,17 +421,6 @@ class Config(Section):
         if self.egress_section is None:
             raise RuntimeError(f"{self.source} has no [egress]: it runs only the webhook relay")
         return self.egress_section
-
-    @model_validator(mode="before")
-    @classmethod
-    def _sections_not_yet(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            for key, what in NOT_SUPPORTED_YET.items():
-                if key in data:
-                    raise ValueError(
-                        f"{key}: the [{key}] section ({what}) is not supported yet; remove it"
-                    )
-        return data
 
     # Messages of the model validators start with their key path (see _format_errors).
     @model_validator(mode="after")

@@ -585,7 +585,7 @@ def config_texts(draw: st.DrawFn) -> str:
     lines: list[str] = []
     if draw(st.booleans()):  # the one required key, so many examples get to validation
         lines += ["[egress]", 'ips = ["127.0.0.10"]']
-    names = [*SECTIONS, *config.NOT_SUPPORTED_YET, "nonsense"]
+    names = [*SECTIONS, "nonsense"]
     for section in draw(st.lists(st.sampled_from(names), max_size=4, unique=True)):
         many, keys = SECTIONS.get(section, (False, ["key"]))
         lines.append(f"[[{section}]]" if many else f"[{section}]")
