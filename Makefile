@@ -39,7 +39,7 @@ test: install-dev lint .venv-checkov/.installed
 	touch $@
 
 lint: install-dev
-	$(BIN)/ruff check src tests examples benchmarks/client_import.py
+	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/mypy
 
 # Coverage-guided fuzzing (atheris) of the HTTP head parser, the SOCKS5 parser and the
@@ -51,18 +51,20 @@ fuzz: install-dev
 
 # Benchmarks against peers (nginx origin, squid, tinyproxy, proxy.py) on loopback; writes
 # benchmarks/results/latest.{json,md}. Installs its peers (apt, and proxy.py in its own venv).
-# Then the webhook relay: durable acks/s with 1 KiB bodies -> benchmarks/results/ingress.*.
+# Then the webhook relay (durable acks/s with 1 KiB bodies -> benchmarks/results/ingress.*)
+# and flow-log analysis (records/s -> benchmarks/results/flows.*).
 bench: install-dev
 	benchmarks/run $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.ingress
+	$(BIN)/python -m benchmarks.flows
 
 # Import cost of the client SDK against `import json`, in fresh interpreters.
 bench-import: install-dev
 	$(BIN)/python benchmarks/client_import.py
 
 fmt: install-dev
-	$(BIN)/ruff format src tests examples benchmarks/client_import.py
-	$(BIN)/ruff check --fix src tests examples benchmarks/client_import.py
+	$(BIN)/ruff format src tests examples benchmarks
+	$(BIN)/ruff check --fix src tests examples benchmarks
 
 clean:
 	rm -rf $(VENV) .venv-checkov build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
