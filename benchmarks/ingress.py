@@ -106,7 +106,7 @@ def run(duration_s: int, connections: int, tmp: Path) -> dict[str, Any]:
         target.wait_listening(HOST, target_port)
         config = tmp / "relay.toml"
         config.write_text(
-            "[listen]\nadmin = \"\"\n"
+            '[listen]\nadmin = ""\n'
             f'[log]\nflow = "{tmp / "flow.jsonl"}"\nlevel = "warning"\n'
             f'[ingress]\nlisten = "{HOST}:{relay_port}"\nspool = "{tmp / "spool.db"}"\n'
             f"max_spool_records = 10000000\nmax_spool_bytes = {8 << 30}\n"
