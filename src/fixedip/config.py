@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from fixedip.check.settings import CheckConfig
 from fixedip.configtypes import (
     ConfigError,
     Endpoint,
@@ -408,6 +409,7 @@ class Config(Section):
     tls: TlsConfig | None = None
     ingress: IngressConfig | None = None
     fleet: FleetConfig | None = None
+    check: CheckConfig | None = None
     source: str = EMBEDDED_DEFAULT
 
     @property

@@ -7,6 +7,7 @@ disagreeing minority of echo endpoints reported are not checked further.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,7 +15,14 @@ from pathlib import Path
 
 from fixedip.check.allowlist import allowlist_rows, read_allowlist
 from fixedip.check.dnsbl import DEFAULT_ZONES, dnsbl_row
-from fixedip.check.echo import DEFAULT_ECHO_URLS, ECHO_TIMEOUT_S, Via, ask_all, judge
+from fixedip.check.echo import (
+    DEFAULT_ECHO_URLS,
+    ECHO_TIMEOUT_S,
+    EchoAnswer,
+    Via,
+    ask_all,
+    judge,
+)
 from fixedip.check.gateway import GatewayView, ask_admin, ask_gateway, cross_check
 from fixedip.check.rangefiles import RangeFileError
 from fixedip.check.ranges import RangeIndex, attribution_row, default_cache_dir
@@ -36,6 +44,9 @@ class CheckOptions:
     dnsbl_zones: list[str] = field(default_factory=lambda: list(DEFAULT_ZONES))
     ranges_cache: Path = field(default_factory=default_cache_dir)
     timeout_s: float = ECHO_TIMEOUT_S
+    # How to ask the echo endpoints (urls, timeout): default `ask_all` (directly or --via);
+    # the gateway asks from one of its egress IPs (fixedip.check.periodic).
+    ask: Callable[[list[str], float], list[EchoAnswer]] | None = None
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -62,7 +73,7 @@ def _gather(opts: CheckOptions, report: Report, loading: Future[RangeIndex]) -> 
         if opts.via is not None:
             view, row = ask_gateway(opts.via, opts.timeout_s)
             report.add(row)
-        answers = ask_all(opts.echo_urls, opts.via, opts.timeout_s) if opts.echo_urls else []
+        answers = _ask(opts) if opts.echo_urls else []
     except CheckError as exc:
         report.could_not_run.append(str(exc))
         return
@@ -108,6 +119,12 @@ def _gather(opts: CheckOptions, report: Report, loading: Future[RangeIndex]) -> 
             return
         ours = gateway_ips or opts.expect or verdict.trusted[:1]
         report.rows += allowlist_rows(entries, ours, index, opts.allowlist.name)
+
+
+def _ask(opts: CheckOptions) -> list[EchoAnswer]:
+    if opts.ask is not None:
+        return opts.ask(opts.echo_urls, opts.timeout_s)
+    return ask_all(opts.echo_urls, opts.via, opts.timeout_s)
 
 
 def _ranges(loading: Future[RangeIndex], report: Report) -> RangeIndex | None:

@@ -17,6 +17,7 @@ import signal
 import socket
 from typing import Any
 
+from fixedip.check.periodic import PeriodicChecks
 from fixedip.config import ClientConfig, Config, ConfigError, load
 from fixedip.fleet.node import FleetNode, member_id
 from fixedip.gateway.demo import start_echo
@@ -73,6 +74,7 @@ class Gateway:
         if self.fleet is not None:
             self.fleet.register_metrics(self.metrics.registry)
         self.flowlog = FlowLog(config.log.flow)
+        self.checks = self._checks(config)
         self.sessions: set[ClientSession] = set()
         self.client_connections: dict[str, int] = {}
         self.draining = False
@@ -103,6 +105,18 @@ class Gateway:
             return None
         member = member_id(config.fleet, self.worker, self.workers)
         return FleetNode(config.fleet, member, self._member_record)
+
+    def _checks(self, config: Config) -> PeriodicChecks | None:
+        """[check]: once per host (worker 0), from every usable egress IP."""
+        if config.check is None or self.worker != 0:
+            return None
+        return PeriodicChecks(
+            lambda: self.runtime.config.check,
+            lambda: [(s.bind, s.public_text) for s in self.runtime.pool.states if s.up],
+            lambda host, families: self.resolver.resolve(host, families),
+            lambda address, port: self.runtime.guard.vet(address, port),
+            self.metrics.registry,
+        )
 
     def _limit_store(self, config: Config) -> LimitStore | None:
         """The fleet's store; without one, workers divide each limit between them
@@ -270,6 +284,8 @@ class Gateway:
                 raise StartupError(f"[fleet.aws]: {exc}") from None
         self._tasks.append(self.loop.create_task(self._health_loop()))
         self._tasks.append(self.loop.create_task(self._canary_loop()))
+        if self.checks is not None:
+            self._tasks.append(self.loop.create_task(self.checks.run()))
         if self.tls is not None:
             self._tasks.append(self.loop.create_task(self.tls.watch()))
 
@@ -358,6 +374,8 @@ class Gateway:
         if self.admin is not None:
             await self.admin.close()
             self.admin = None
+        if self.checks is not None:
+            self.checks.close()
         self.upstreams.close_all()
         self.save_health()
         await self.flowlog.close()
@@ -525,6 +543,9 @@ class Gateway:
     def fleet_snapshot(self) -> dict[str, Any] | None:
         return self.fleet.snapshot() if self.fleet is not None else None
 
+    def checks_snapshot(self) -> dict[str, Any] | None:
+        return self.checks.snapshot() if self.checks is not None else None
+
     def metrics_text(self) -> tuple[bytes, str]:
         if self.fleet is not None:
             self.fleet.update_metrics()
@@ -554,6 +575,9 @@ class _AdminAdapter:
 
     def fleet_snapshot(self) -> dict[str, Any] | None:
         return self.gateway.fleet_snapshot()
+
+    def checks_snapshot(self) -> dict[str, Any] | None:
+        return self.gateway.checks_snapshot()
 
 
 async def run(

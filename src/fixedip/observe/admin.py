@@ -7,7 +7,8 @@ Routes (GET, and HEAD as RFC 9110 requires wherever GET is served):
   with the reason the gateway is not ready;
 - `/metrics`: the Prometheus exposition;
 - `/egress`: `{"egress": [...]}`, the pool as the gateway sees it, and `"fleet"` (this
-  member, the members it sees, the floating EIPs it holds) in a fleet.
+  member, the members it sees, the floating EIPs it holds) in a fleet;
+- `/checks`: the latest `[check]` results from each egress IP (404 without `[check]`).
 
 Unknown paths get a JSON 404, other methods on known paths a JSON 405 with `Allow`.
 The gateway owns signals and logging, so the server installs no signal handlers and
@@ -67,6 +68,14 @@ async def _egress(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def _checks(request: web.Request) -> web.Response:
+    checks = getattr(request.app[_VIEW_KEY], "checks_snapshot", None)  # only with [check]
+    snapshot = checks() if checks is not None else None
+    if snapshot is None:
+        return web.json_response({"error": "no [check] section in the configuration"}, status=404)
+    return web.json_response(snapshot)
+
+
 @web.middleware
 async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -89,6 +98,7 @@ def build_admin_app(view: AdminView) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/egress", _egress)
+    app.router.add_get("/checks", _checks)
     return app
 
 
