@@ -199,6 +199,23 @@ def test_without_a_check_section_there_is_no_task_and_no_checks_route(
     assert not samples(gw)
 
 
+def test_only_worker_0_runs_the_checks(tmp_path: Path, nat: EchoSite) -> None:
+    config = gateway_config(tmp_path, check={"echo": [nat.url("/plain")]})
+
+    async def checks_of(worker: int) -> object:
+        from fixedip.gateway.server import Gateway
+
+        return Gateway(config, worker=worker, workers=2).checks  # built, not started
+
+    gw = RunningGateway(config)
+    gw.thread.start()
+    try:
+        assert gw.run(checks_of(0)) is not None
+        assert gw.run(checks_of(1)) is None  # once per host, not once per worker
+    finally:
+        gw.stop()
+
+
 def test_close_stops_the_background_task(
     make_gateway: Callable[..., RunningGateway], nat: EchoSite, good_dns: Zone
 ) -> None:
