@@ -225,6 +225,14 @@ def fixedip_vm(inputs: Inputs, prices: PriceTable) -> Option:
 def fixedip_ha(inputs: Inputs, prices: PriceTable) -> Option:
     bill = Bill(prices)
     _gateway_vm_lines(bill, inputs, 2)
+    # The fleet's shared state ([fleet] redis): ElastiCache on AWS (what `fixedip render
+    # fixedip-ha` creates), a third small VM running redis-server on GCP.
+    if inputs.cloud == "gcp":
+        bill.hourly("fleet store: e2-micro VM (redis-server)", "gcp_e2_micro_hour", 1)
+    else:
+        bill.hourly(
+            "fleet store: ElastiCache cache.t4g.micro", "aws_elasticache_t4g_micro_hour", 1
+        )
     return _option(
         bill,
         inputs,
@@ -232,9 +240,10 @@ def fixedip_ha(inputs: Inputs, prices: PriceTable) -> Option:
         name="fixedip gateway on two VMs (HA)",
         fits=True,
         why="Two fixedip gateways in two zones, each with its static IP (the vendor "
-        "allowlists both); the SDK fails over between them, a fleet shares quarantine and "
-        "limits. Egress and webhook ingress on the same IPs.",
-        complexity="medium: two VMs and their IPs",
+        "allowlists both); the SDK fails over between them, and a small Redis lets the fleet "
+        "share quarantines and limits and move floating IPs. Egress and webhook ingress on "
+        "the same IPs.",
+        complexity="medium: two VMs, their IPs and a small Redis",
         reliability="high: either gateway serves every client",
         cold_start="none outside a VPC; one extra hop through the gateway",
         limits="scale by adding gateways (each adds an IP to allowlist)",
