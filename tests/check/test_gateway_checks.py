@@ -199,6 +199,31 @@ def test_without_a_check_section_there_is_no_task_and_no_checks_route(
     assert not samples(gw)
 
 
+def test_a_new_configuration_applies_from_the_next_run(
+    make_gateway: Callable[..., RunningGateway], nat: EchoSite, good_dns: Zone, tmp_path: Path
+) -> None:
+    check = {"echo": [nat.url("/plain")], "resolver": good_dns.address, "dnsbl": []}
+    gw = make_gateway(egress=NAT_EGRESS, check={**check, "interval_s": 1})
+    wait_for_checks(gw)
+    assert check_status(samples(gw), ALLOWED_EGRESS, "echo") == 0
+    lying = {**check, "echo": [nat.url("/plain"), nat.url("/json"), nat.url("/lie")]}
+    new = gateway_config(tmp_path, egress=NAT_EGRESS, check={**lying, "interval_s": 1})
+
+    def swap() -> None:  # what reload() does once the new file has loaded
+        from fixedip.gateway.runtime import Runtime
+
+        g = gw.gateway
+        g.runtime = Runtime(new, previous=g.runtime, listeners=g.listener_endpoints())
+
+    gw.call(swap)
+    deadline = time.monotonic() + 20
+    while check_status(samples(gw), ALLOWED_EGRESS, "echo") != 1:
+        assert time.monotonic() < deadline, "the new echo list was never used"
+        time.sleep(0.2)
+    entry = next(e for e in wait_for_checks(gw)["egress"] if e["egress"] == ALLOWED_EGRESS)
+    assert any(r["subject"] == nat.url("/lie") for r in entry["rows"])
+
+
 def test_only_worker_0_runs_the_checks(tmp_path: Path, nat: EchoSite) -> None:
     config = gateway_config(tmp_path, check={"echo": [nat.url("/plain")]})
 
