@@ -52,11 +52,13 @@ fuzz: install-dev
 # Benchmarks against peers (nginx origin, squid, tinyproxy, proxy.py) on loopback; writes
 # benchmarks/results/latest.{json,md}. Installs its peers (apt, and proxy.py in its own venv).
 # Then the webhook relay (durable acks/s with 1 KiB bodies -> benchmarks/results/ingress.*)
-# and flow-log analysis (records/s -> benchmarks/results/flows.*).
+# flow-log analysis (records/s -> benchmarks/results/flows.*) and the fleet's Redis client
+# against redis-py (CPU per limiter call -> benchmarks/results/redis-client.*).
 bench: install-dev
 	benchmarks/run $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.ingress
 	$(BIN)/python -m benchmarks.flows
+	$(BIN)/python -m benchmarks.redis_client
 
 # Import cost of the client SDK against `import json`, in fresh interpreters.
 bench-import: install-dev

@@ -1,7 +1,9 @@
 """A small pipelined Redis client for the gateway's event loop.
 
 Why not redis-py's asyncio client: the limiter asks Redis once per request, and the
-whole budget for that is a few tens of microseconds of CPU. Here every command is one
+whole budget for that is a few tens of microseconds of CPU. `benchmarks/redis_client.py`
+measures it: 13 µs of CPU per EVALSHA here against 120 µs for redis-py's asyncio client
+with 50 concurrent callers (benchmarks/results/redis-client.md). Here every command is one
 write on a single connection and one future resolved when its reply arrives, in order
 (RESP2 answers in the order asked), so many requests share one socket and no call
 waits for another. A call that times out leaves its future in the queue; its reply,
