@@ -34,6 +34,12 @@ class Hop:
         self.authorization = authorization
 
 
+def _auth(hop: Hop) -> list[tuple[str, str]]:
+    """The Proxy-Authorization header for `hop`, or none when it has no credentials
+    (an empty header is a malformed credential, not an absent one)."""
+    return [("Proxy-Authorization", hop.authorization)] if hop.authorization else []
+
+
 class Response:
     """A status line, lower-cased headers (repeats joined with ", ") and the body."""
 
@@ -273,8 +279,7 @@ def gateway_request(hop: Hop, path: str, timeout_s: float) -> Response:
         raise GatewayUnreachable(str(exc) or type(exc).__name__) from exc
     try:
         shown = f"[{hop.host}]" if ":" in hop.host else hop.host
-        auth = [("Proxy-Authorization", hop.authorization)]
-        conn.sendall(_head("GET", path, f"{shown}:{hop.port}", auth))
+        conn.sendall(_head("GET", path, f"{shown}:{hop.port}", _auth(hop)))
         return _read_response(_Reader(conn), "GET", read_body=True)
     finally:
         conn.close()
@@ -309,11 +314,10 @@ def fetch(
             raise GatewayUnreachable(str(exc) or type(exc).__name__) from exc
         request_target = f"{target.scheme}://{target.authority}{target.target}"
         if tls is None:
-            extra.append(("Proxy-Authorization", via.authorization))
+            extra += _auth(via)
     try:
         if via is not None and tls is not None:
-            auth = [("Proxy-Authorization", via.authorization)]
-            conn.sendall(_head("CONNECT", target.hostport, target.hostport, auth))
+            conn.sendall(_head("CONNECT", target.hostport, target.hostport, _auth(via)))
             answer = _read_response(_Reader(conn), "CONNECT", read_body=False)
             if not 200 <= answer.status < 300:
                 raise TunnelRefused(answer)

@@ -42,12 +42,14 @@ class GatewayTLSHandler(urllib.request.AbstractHTTPHandler):
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         req.set_proxy(self.gateway, "http")  # absolute-form to the gateway
-        req.add_unredirected_header("Proxy-Authorization", self.authorization)
+        if self.authorization:
+            req.add_unredirected_header("Proxy-Authorization", self.authorization)
         return self.do_open(self._connection, req)
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         req.set_proxy(self.gateway, "https")  # CONNECT to the vendor
-        req.add_unredirected_header("Proxy-Authorization", self.authorization)
+        if self.authorization:
+            req.add_unredirected_header("Proxy-Authorization", self.authorization)
         return self.do_open(self._tunnel_connection, req)
 
     def _connection(self, host: str, **kwargs: Any) -> http.client.HTTPSConnection:
