@@ -16,8 +16,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +24,7 @@ from typing import Any
 
 import redis.asyncio as redis_py
 
+from benchmarks.procs import Proc, free_ports
 from fixedip.fleet.resp import Redis
 
 SCRIPT = "return redis.call('INCR', KEYS[1])"
@@ -33,31 +32,16 @@ CONCURRENCY = 50
 RESULTS = Path(__file__).parent / "results"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_redis(tmp: str) -> tuple[subprocess.Popen[bytes], int]:
-    exe = shutil.which("redis-server")
-    if exe is None:
+def start_redis(tmp: Path) -> tuple[Proc, int]:
+    if shutil.which("redis-server") is None:
         raise SystemExit("redis_client: no redis-server (apt-get install redis-server)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("redis_client: redis-server did not start")
+    port = free_ports(1)[0]
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--dir", str(tmp)]  # fmt: skip
+    proc = Proc("redis-server", argv, tmp / "redis.out")
+    proc.start()
+    proc.wait_listening("127.0.0.1", port)
+    return proc, port
 
 
 async def _drive(call: Callable[[], Awaitable[Any]], calls: int) -> float:
@@ -124,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds; the best is kept")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_redis(tmp)
+        proc, port = start_redis(Path(tmp))
         try:
             try:
                 import uvloop
@@ -133,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:
                 results = asyncio.run(measure(port, args.calls, args.rounds))
         finally:
-            proc.terminate()
-            proc.wait(10)
+            proc.stop()
     write(results, args.calls)
     return 0
 
