@@ -6,7 +6,7 @@ transports that only collect bytes, so no syscall or scheduling noise is measure
 reports CPU microseconds per request (best of several rounds). `--profile` prints where
 the time goes (cProfile, sorted by own time).
 
-    .venv/bin/python -m benchmarks.hotpath [--requests N] [--rounds R] [--profile]
+    .venv/bin/python -m benchmarks.hotpath [--requests N] [--rounds R] [--profile] [--llhttp-only]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from fixedip.gateway.http_proxy import HttpProxySession
 from fixedip.gateway.server import Gateway
 from fixedip.gateway.upstream import Upstream
 from fixedip.policy import tokens
+from fixedip.proto import http1
 
 EGRESS = "127.0.0.10"
 ORIGIN = ("127.0.0.1", 8080)
@@ -185,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=20000, help="requests per round")
     p.add_argument("--rounds", type=int, default=5, help="rounds; the best is kept")
     p.add_argument("--profile", action="store_true", help="print a cProfile of one round")
+    p.add_argument(
+        "--llhttp-only",
+        action="store_true",
+        help="parse every head with llhttp's callbacks (the path before the one-pass parser)",
+    )
     args = p.parse_args(argv)
+    http1.FAST_HEADS = not args.llhttp_only
     try:
         import uvloop
 

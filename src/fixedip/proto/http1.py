@@ -55,6 +55,29 @@ _DNS_NAME = re.compile(
 )
 _NUMERIC_ISH = re.compile(r"^[0-9a-fx.]+$")
 
+# The one-pass head parser (see _Parser._fast_messages). Each class is a subset of what
+# llhttp accepts at that place (tests/proto/test_http1_fast.py checks every byte), so a
+# head it takes, llhttp would have taken with the same meaning; anything else goes to
+# llhttp, which decides.
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_VALUE = rb"(?:[\x21-\x7e\x80-\xff][\t \x21-\x7e\x80-\xff]*)?"  # trailing OWS is kept
+_FIELDS = rb"((?:" + _TOKEN + rb":[ \t]*" + _VALUE + rb"\r\n)*)\r\n"
+_FIELD_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")\r\n")
+_REQUEST_HEAD_RE = re.compile(
+    rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) ((?:http://[0-9A-Za-z.:\[\]-]+)?/[\x21-\x7e]*)"
+    rb" HTTP/1\.([01])\r\n" + _FIELDS
+)
+_RESPONSE_HEAD_RE = re.compile(
+    rb"HTTP/1\.([01]) ([2-9][0-9][0-9]) (" + _VALUE + rb")\r\n" + _FIELDS
+)
+_CONNECTION_TOKEN = re.compile(rb"[a-z0-9-]+")
+_METHODS: Final = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
+}
+_VERSIONS: Final = {b"0": "1.0", b"1": "1.1"}
+_NOT_FAST: Final = frozenset({b"transfer-encoding", b"upgrade"}) | _FRAMING_LOOKALIKES
+FAST_HEADS = True  # the default for new parsers; benchmarks.hotpath --llhttp-only clears it
+
 
 class ProtocolError(Exception):
     """Input that must be refused: `status` is the HTTP status to answer with, then close."""
@@ -173,6 +196,39 @@ def _framing(
     return chunked, length
 
 
+def _fast_fields(
+    data: bytes, start: int, stop: int, http11: bool
+) -> tuple[list[tuple[bytes, bytes]], list[bytes], int | None, bool] | None:
+    """(headers, lowercase names, Content-Length, keep-alive) of the header block in
+    `data[start:stop]`, already validated by the head's regular expression; None for a
+    head llhttp must judge: chunked or look-alike framing, Upgrade, two Host fields,
+    an odd Connection value, too many fields, a bad Content-Length."""
+    headers: list[tuple[bytes, bytes]] = _FIELD_RE.findall(data, start, stop)
+    if len(headers) > MAX_HEADERS:
+        return None
+    lnames = [name.lower() for name, _ in headers]
+    if not _NOT_FAST.isdisjoint(lnames) or lnames.count(b"host") > 1:
+        return None
+    length = None
+    if b"content-length" in lnames:
+        try:
+            length = _framing(headers, lnames)[1]
+        except ProtocolError:
+            return None
+    close = keep = False
+    if b"connection" in lnames:
+        for lname, (_, value) in zip(lnames, headers, strict=True):
+            if lname != b"connection":
+                continue
+            for token in value.lower().split(b","):
+                token = token.strip(b" \t")
+                if not _CONNECTION_TOKEN.fullmatch(token) or token == b"upgrade":
+                    return None
+                close = close or token == b"close"
+                keep = keep or token == b"keep-alive"
+    return headers, lnames, length, not close if http11 else keep
+
+
 def _keep_alive(should_keep_alive: bool, chunked: bool, version: str) -> bool:
     # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing;
     # it is processed, then the connection closes, so a peer that framed it otherwise
@@ -185,8 +241,13 @@ class _Parser:
 
     _bad_status = 400
 
-    def __init__(self, max_head_bytes: int) -> None:
+    def __init__(self, max_head_bytes: int, fast: bool | None = None) -> None:
         self._max_head = max_head_bytes
+        # try the one-pass head parser at message boundaries
+        self._fast = FAST_HEADS if fast is None else fast
+        self._llhttp_idle = True  # llhttp holds no part of a message
+        self._fast_left = 0  # bytes to come of a Content-Length body the fast path reads
+        self._closing = False  # the fast path ended a message that closes the connection
         self._events: list[Event] = []
         self._head: _HeadState | None = _HeadState()
         self._error: ProtocolError | None = None
@@ -198,6 +259,7 @@ class _Parser:
 
     # httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._llhttp_idle = False
         self._head = _HeadState()
         self._in_body = False
         self._body_left = 0
@@ -243,9 +305,54 @@ class _Parser:
         self._chunk_line = 0
 
     def on_message_complete(self) -> None:
+        self._llhttp_idle = True
         self._events.append(END)
         self._body_left = 0
         self._chunk_line = None
+
+    # the one-pass head parser ----------------------------------------------------------
+    def _fast_messages(self, data: bytes) -> int:
+        """Parse whole messages at the start of `data` without llhttp; returns where it
+        stopped (a partial head, or a message it leaves to llhttp).
+
+        llhttp calls back into Python once per header; a whole head validated by one
+        regular expression and split by a second costs a fraction of that. Only plain
+        heads are taken (see _fast_fields); llhttp, idle at a message boundary whenever
+        this runs, parses everything else from where this stopped.
+        """
+        pos, end = 0, len(data)
+        events = self._events
+        while pos < end:
+            left = self._fast_left
+            if left:
+                take = min(left, end - pos)
+                events.append(Body(data if take == end else data[pos : pos + take]))
+                pos += take
+                self._fast_left = left - take
+                if not self._fast_left:
+                    events.append(END)
+                continue
+            if self._closing:
+                self._fail(self._after_close())
+            stop = data.find(b"\r\n\r\n", pos, pos + self._max_head)
+            if stop < 0 or not self._fast_head(data, pos, stop + 4):
+                break
+            pos = stop + 4
+        return pos
+
+    def _fast_head(self, data: bytes, start: int, stop: int) -> bool:
+        raise NotImplementedError
+
+    def _after_close(self) -> ProtocolError:
+        raise NotImplementedError
+
+    def _fast_body(self, keep_alive: bool, length: int | None) -> None:
+        """After a head the fast path took: read its Content-Length body, or end it."""
+        if length:
+            self._fast_left = length
+        else:
+            self._events.append(END)
+        self._closing = not keep_alive
 
     def _start_body(self, chunked: bool, identity_bytes: int) -> None:
         """A body follows the head just parsed: chunked, or `identity_bytes` long."""
@@ -334,11 +441,40 @@ class _Parser:
 class RequestParser(_Parser):
     """Client side: bytes in, RequestHead / Body / EndOfMessage / Upgrade out."""
 
-    def __init__(self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
-        super().__init__(max_head_bytes)
+    def __init__(
+        self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, fast: bool | None = None
+    ) -> None:
+        super().__init__(max_head_bytes, fast)
         self._parser = httptools.HttpRequestParser(self)
         self._upgraded = False
         self._connect = False
+
+    def _fast_head(self, data: bytes, start: int, stop: int) -> bool:
+        m = _REQUEST_HEAD_RE.fullmatch(data, start, stop)
+        if m is None:
+            return False
+        version = _VERSIONS[m[3]]
+        fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
+        if fields is None:
+            return False
+        headers, lnames, length, keep_alive = fields
+        self._events.append(
+            RequestHead(
+                method=_METHODS[m[1]],
+                target=m[2],
+                version=version,
+                headers=headers,
+                keep_alive=keep_alive,
+                chunked=False,
+                content_length=length,
+                lnames=lnames,
+            )
+        )
+        self._fast_body(keep_alive, length)
+        return True
+
+    def _after_close(self) -> ProtocolError:
+        return ProtocolError(400, "malformed request: Data after `Connection: close`")
 
     @property
     def upgraded(self) -> bool:
@@ -396,8 +532,14 @@ class RequestParser(_Parser):
         if self._upgraded:
             raise RuntimeError("feed() after Upgrade: the bytes belong to the tunnel")
         head_before = self._head
+        start = 0
+        if self._fast_left or (self._fast and self._llhttp_idle):
+            start = self._fast_messages(data)
+            if start == len(data):
+                self._quiet_bytes = 0 if self._events else self._quiet_bytes
+                return self._take()
         try:
-            leftover = self._execute(data)
+            leftover = self._execute(data, start)
         except ProtocolError:
             raise
         except httptools.HttpParserCallbackError as exc:
@@ -415,14 +557,13 @@ class RequestParser(_Parser):
         self._bound_quiet_bytes(len(data), head_before)
         return self._take()
 
-    def _execute(self, data: bytes) -> bytes | None:
+    def _execute(self, data: bytes, start: int) -> bytes | None:
         """Feed llhttp; returns the bytes after a CONNECT head, which belong to the tunnel.
 
         llhttp also stops after a request asking for another protocol (Connection:
         upgrade). Only CONNECT hands the connection over: Upgrade is hop-by-hop and never
         forwarded, so parsing goes on with the next request.
         """
-        start = 0
         while True:
             try:
                 self._feed_llhttp(self._parser, data, start)
@@ -438,12 +579,48 @@ class ResponseParser(_Parser):
 
     _bad_status = 502
 
-    def __init__(self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
-        super().__init__(max_head_bytes)
+    def __init__(
+        self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, fast: bool | None = None
+    ) -> None:
+        super().__init__(max_head_bytes, fast)
         self._parser = httptools.HttpResponseParser(self)
         self._no_body = False
         self._done_early = False
         self.close_delimited = False
+
+    def _fast_head(self, data: bytes, start: int, stop: int) -> bool:
+        """Final responses framed by Content-Length, or with no body; interim (1xx),
+        chunked and close-delimited ones, and answers to HEAD, go to llhttp."""
+        m = _RESPONSE_HEAD_RE.fullmatch(data, start, stop)
+        if m is None or self._no_body:
+            return False
+        version = _VERSIONS[m[1]]
+        fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
+        if fields is None:
+            return False
+        headers, lnames, length, keep_alive = fields
+        status = int(m[2])
+        bodiless = status in (204, 304)
+        if length is None and not bodiless:
+            return False  # close-delimited
+        self.close_delimited = False
+        self._events.append(
+            ResponseHead(
+                status=status,
+                reason=m[3],
+                version=version,
+                headers=headers,
+                keep_alive=keep_alive,
+                chunked=False,
+                content_length=length,
+                lnames=lnames,
+            )
+        )
+        self._fast_body(keep_alive, None if bodiless else length)
+        return True
+
+    def _after_close(self) -> ProtocolError:
+        return ProtocolError(502, "malformed upstream response: Data after `Connection: close`")
 
     def expect(self, method: str) -> None:
         self._no_body = method == "HEAD"
@@ -491,11 +668,18 @@ class ResponseParser(_Parser):
         if self._error is not None:
             raise self._error
         head_before = self._head
+        start = 0
+        if self._fast_left or (self._fast and self._llhttp_idle):
+            start = self._fast_messages(data)
+            if start == len(data):
+                self._quiet_bytes = 0 if self._events else self._quiet_bytes
+                return self._take()
         try:
-            self._feed_llhttp(self._parser, data)
+            self._feed_llhttp(self._parser, data, start)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadDone) or self._done_early:
                 self._parser = httptools.HttpResponseParser(self)
+                self._llhttp_idle = True
                 return self._take()
             if self._error is not None:
                 raise self._error from None
@@ -506,6 +690,7 @@ class ResponseParser(_Parser):
         except httptools.HttpParserError as exc:
             if self._done_early:
                 self._parser = httptools.HttpResponseParser(self)
+                self._llhttp_idle = True
                 return self._take()
             if self._error is not None:
                 raise self._error from None

@@ -1,0 +1,287 @@
+"""The one-pass head parser against llhttp: for any input, the same events and errors.
+
+The fast path only ever *accepts* heads; whatever it declines goes to llhttp. So the
+property is simple and strong: a parser with the fast path and one without it, fed the
+same bytes in the same pieces, produce the same events and raise the same errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fixedip.proto.http1 import (
+    Body,
+    Event,
+    ProtocolError,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+    ResponseParser,
+)
+
+Outcome = tuple[list[object], tuple[int, str] | None]
+
+
+def _normalise(events: list[Event]) -> list[object]:
+    """Bodies may arrive in different pieces: compare their bytes, joined."""
+    out: list[object] = []
+    for event in events:
+        if isinstance(event, Body) and out and isinstance(out[-1], bytes):
+            out[-1] += event.data
+        elif isinstance(event, Body):
+            out.append(bytes(event.data))
+        elif isinstance(event, RequestHead | ResponseHead):
+            out.append((event, list(event.lnames)))
+        else:
+            out.append(event)
+    return out
+
+
+def request_outcome(pieces: list[bytes], fast: bool) -> Outcome:
+    parser = RequestParser(fast=fast)
+    events: list[Event] = []
+    try:
+        for piece in pieces:
+            if parser.upgraded:
+                break
+            events += parser.feed(piece)
+    except ProtocolError as exc:
+        return _normalise(events), (exc.status, exc.message)
+    return _normalise(events), None
+
+
+def response_outcome(pieces: list[bytes], method: str, fast: bool) -> Outcome:
+    parser = ResponseParser(fast=fast)
+    parser.expect(method)
+    events: list[Event] = []
+    try:
+        for piece in pieces:
+            events += parser.feed(piece)
+        events += parser.feed_eof()
+    except ProtocolError as exc:
+        return _normalise(events), (exc.status, exc.message)
+    return _normalise(events), None
+
+
+def assert_same_requests(data: bytes, cuts: list[int] | None = None) -> Outcome:
+    pieces = _split(data, cuts or [])
+    fast = request_outcome(pieces, fast=True)
+    assert fast == request_outcome(pieces, fast=False), data
+    return fast
+
+
+def assert_same_responses(data: bytes, method: str = "GET", cuts: list[int] | None = None) -> None:
+    pieces = _split(data, cuts or [])
+    assert response_outcome(pieces, method, True) == response_outcome(pieces, method, False), data
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    bounds = [0, *points, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a] or [data]
+
+
+# Every byte in every place the fast path reads --------------------------------------
+
+PLACES = {
+    "target": lambda b: b"GET http://a.test/x" + b + b"y HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    "authority": lambda b: b"GET http://a" + b + b"b.test/ HTTP/1.1\r\n\r\n",
+    "name": lambda b: b"GET / HTTP/1.1\r\nX" + b + b"y: v\r\n\r\n",
+    "value": lambda b: b"GET / HTTP/1.1\r\nX: a" + b + b"b\r\n\r\n",
+    "value edge": lambda b: b"GET / HTTP/1.1\r\nX:" + b + b"\r\n\r\n",
+    "after colon": lambda b: b"GET / HTTP/1.1\r\nX:" + b + b"v\r\n\r\n",
+    "method": lambda b: b"GE" + b + b" / HTTP/1.1\r\n\r\n",
+    "version": lambda b: b"GET / HTTP/1." + b + b"\r\n\r\n",
+    "connection": lambda b: (
+        b"GET / HTTP/1.1\r\nConnection: clos" + b + b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+    ),
+    "length": lambda b: b"POST / HTTP/1.1\r\nContent-Length: 1" + b + b"\r\n\r\n" + b"x" * 20,
+}
+
+
+def test_every_byte_anywhere_in_a_request_head_gives_what_llhttp_gives() -> None:
+    for place, build in PLACES.items():
+        for byte in range(256):
+            data = build(bytes([byte]))
+            assert_same_requests(data), (place, byte)
+
+
+def test_every_byte_in_a_status_line_or_response_field_gives_what_llhttp_gives() -> None:
+    for byte in range(256):
+        b = bytes([byte])
+        assert_same_responses(b"HTTP/1.1 200 O" + b + b"K\r\nContent-Length: 2\r\n\r\nok")
+        assert_same_responses(b"HTTP/1.1 2" + b + b"0 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert_same_responses(b"HTTP/1.1 200 OK\r\nX-" + b + b": v\r\nContent-Length: 0\r\n\r\n")
+        assert_same_responses(b"HTTP/1.1 200 OK\r\nX: " + b + b"\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_a_plain_keep_alive_get_is_parsed_without_llhttp() -> None:
+    """The point of the fast path: the common head never reaches llhttp's callbacks."""
+    data = b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nAccept: */*\r\n\r\n" * 3
+    parser = RequestParser(fast=True)
+    assert parser._fast_messages(data) == len(data)
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n"
+    rparser = ResponseParser(fast=True)
+    rparser.expect("GET")
+    assert rparser._fast_messages(response) == len(response)
+
+
+def test_fast_and_llhttp_messages_interleave_on_one_connection() -> None:
+    plain = b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    chunked = (
+        b"POST http://a.test/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    sized = b"PUT http://a.test/ HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+    stream = plain + chunked + sized + plain + chunked + plain
+    events, error = assert_same_requests(stream)
+    assert error is None
+    heads = [e[0].method for e in events if isinstance(e, tuple)]
+    assert heads == ["GET", "POST", "PUT", "GET", "POST", "GET"]
+    for cut in range(1, len(stream)):
+        assert_same_requests(stream, [cut])
+
+
+def test_data_after_a_closing_request_is_refused_as_llhttp_refuses_it() -> None:
+    data = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+    _, error = assert_same_requests(data)
+    assert error is not None and error[0] == 400
+    for cut in range(1, len(data)):
+        assert_same_requests(data, [cut])
+
+
+def test_responses_of_every_framing_agree_with_llhttp() -> None:
+    cases = [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", "GET"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", "HEAD"),
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n", "GET"),
+        (b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET"),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", "POST"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "GET"),
+        (b"HTTP/1.0 200 OK\r\n\r\nuntil the end", "GET"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabcEXTRA", "GET"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\n\r\n", "GET"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\ncut short", "GET"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "GET"),
+    ]
+    for data, method in cases:
+        for cut in range(0, len(data) + 1):
+            assert_same_responses(data, method, [cut])
+
+
+# Generated heads --------------------------------------------------------------------
+
+NAMES = [
+    b"Host",
+    b"Content-Length",
+    b"Transfer-Encoding",
+    b"Connection",
+    b"Upgrade",
+    b"X-A",
+    b"Transfer_Encoding",
+    b"host",
+    b"Proxy-Authorization",
+    b"X B",
+    b"",
+]
+VALUES = [
+    b"a.test",
+    b"0",
+    b"3",
+    b"-1",
+    b"chunked",
+    b"close",
+    b"keep-alive",
+    b"Keep-Alive, close",
+    b"upgrade",
+    b" x ",
+    b"",
+    b"\x01",
+    b"\x7f",
+    b"\x80",
+    b"a\tb",
+    b"close,",
+    b"keep-alive , x",
+]
+SEPARATORS = [b": ", b":", b":\t", b" : ", b":  "]
+TARGETS = [
+    b"http://a.test/",
+    b"http://a.test:8080/x?y#z",
+    b"/whoami",
+    b"http://[::1]:80/",
+    b"http://a.test",
+    b"http://u@a.test/",
+    b"*",
+    b"HTTP://A.TEST/",
+    b"a.test:443",
+]
+METHODS = [
+    b"GET",
+    b"POST",
+    b"HEAD",
+    b"PUT",
+    b"DELETE",
+    b"OPTIONS",
+    b"PATCH",
+    b"CONNECT",
+    b"FOO",
+    b"get",
+]
+VERSIONS = [b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"http/1.1", b"RTSP/1.0", b"HTTP/1.1 "]
+odd = st.binary(min_size=0, max_size=4)
+
+
+@st.composite
+def fields(draw: st.DrawFn) -> bytes:
+    name = draw(st.sampled_from(NAMES) | odd)
+    value = draw(st.sampled_from(VALUES) | odd)
+    end = draw(st.sampled_from([b"\r\n"] * 6 + [b"\n", b"\r\n "]))
+    return name + draw(st.sampled_from(SEPARATORS)) + value + end
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    line = b" ".join(
+        [
+            draw(st.sampled_from(METHODS)),
+            draw(st.sampled_from(TARGETS) | odd),
+            draw(st.sampled_from(VERSIONS)),
+        ]
+    )
+    head = line + b"\r\n" + b"".join(draw(st.lists(fields(), max_size=5))) + b"\r\n"
+    return head + draw(st.sampled_from([b"", b"abc", b"3\r\nabc\r\n0\r\n\r\n"]) | odd)
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> bytes:
+    status = draw(st.sampled_from([b"200", b"204", b"304", b"100", b"101", b"404", b"099"]))
+    reason = draw(st.sampled_from([b"OK", b"", b" x", b"a b ", b"\x80"]) | odd)
+    version = draw(st.sampled_from(VERSIONS))
+    head = version + b" " + status + b" " + reason + b"\r\n"
+    head += b"".join(draw(st.lists(fields(), max_size=5))) + b"\r\n"
+    return head + draw(st.sampled_from([b"", b"abc", b"3\r\nabc\r\n0\r\n\r\n"]) | odd)
+
+
+cuts = st.lists(st.integers(min_value=0, max_value=400), max_size=3)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=st.lists(requests(), min_size=1, max_size=3), cuts=cuts)
+def test_any_requests_in_any_pieces_give_what_llhttp_gives(
+    stream: list[bytes], cuts: list[int]
+) -> None:
+    assert_same_requests(b"".join(stream), cuts)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    stream=st.lists(responses(), min_size=1, max_size=3),
+    method=st.sampled_from(["GET", "HEAD", "POST"]),
+    cuts=cuts,
+)
+def test_any_responses_in_any_pieces_give_what_llhttp_gives(
+    stream: list[bytes], method: str, cuts: list[int]
+) -> None:
+    assert_same_responses(b"".join(stream), method, cuts)
