@@ -56,22 +56,24 @@ def hammer(member: Member, url: str, until: float, statuses: list[int]) -> None:
             statuses.append(session.get(url, timeout=5).status_code)
 
 
-def test_a_burst_through_two_members_stays_within_the_fleet_wide_rate(
+def burst_through_both(
     tmp_path: Path,
     fleet_members: Any,
-    redis_server: RedisServer,
+    redis: RedisServer,
     dns: DNSServer,
-    both_vendor: VendorServer,
-) -> None:
-    rate, burst = 5, 5
+    vendor: VendorServer,
+    rate: int,
+    burst: int,
+) -> tuple[Member, Member, list[int]]:
+    """Both members hammer the vendor for BURST_S; asserts the fleet-wide bound."""
     a, b = pair(
         tmp_path,
         fleet_members,
-        redis_server,
+        redis,
         dns,
         {"rate": f"{rate}/s", "burst": burst, "queue_timeout_s": 0},
     )
-    url = f"http://{VENDOR}:{both_vendor.port}/"
+    url = f"http://{VENDOR}:{vendor.port}/"
     statuses: list[int] = []
     started = time.monotonic()
     threads = [
@@ -82,11 +84,41 @@ def test_a_burst_through_two_members_stays_within_the_fleet_wide_rate(
     for thread in threads:
         thread.join(30)
     elapsed = time.monotonic() - started
-    reached = len(both_vendor.seen)
+    reached = len(vendor.seen)
     assert reached == statuses.count(200)
     assert reached <= rate * elapsed + burst  # one bucket for the fleet, not one per member
-    assert {peer for peer, *_ in both_vendor.seen} == {ALLOWED_EGRESS, OTHER_EGRESS}
+    assert {peer for peer, *_ in vendor.seen} == {ALLOWED_EGRESS, OTHER_EGRESS}
     assert 429 in statuses
+    return a, b, statuses
+
+
+def test_a_burst_through_two_members_stays_within_the_fleet_wide_rate(
+    tmp_path: Path,
+    fleet_members: Any,
+    redis_server: RedisServer,
+    dns: DNSServer,
+    both_vendor: VendorServer,
+) -> None:
+    """A small limit: every permit is decided in Redis."""
+    a, b, _ = burst_through_both(
+        tmp_path, fleet_members, redis_server, dns, both_vendor, rate=5, burst=5
+    )
+    assert a.fleet()["reserved_permits"] == b.fleet()["reserved_permits"] == 0
+
+
+def test_members_deciding_permits_from_their_reserves_stay_within_the_fleet_wide_rate(
+    tmp_path: Path,
+    fleet_members: Any,
+    redis_server: RedisServer,
+    dns: DNSServer,
+    both_vendor: VendorServer,
+) -> None:
+    """A limit high enough for reserves (48 // (4 x 3) = 4 tokens a member): permits are
+    decided without Redis, and the vendor still sees at most rate x t + burst."""
+    a, b, _ = burst_through_both(
+        tmp_path, fleet_members, redis_server, dns, both_vendor, rate=20, burst=48
+    )
+    assert a.fleet()["reserved_permits"] + b.fleet()["reserved_permits"] > 0
 
 
 def test_the_slots_of_a_killed_member_come_back_within_the_lease(

@@ -18,12 +18,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from fixedip.fleet.eips import FloatingEIPs
+from fixedip.fleet.limits import FleetLimitStore
 from fixedip.fleet.link import Link
 from fixedip.fleet.membership import Membership
 from fixedip.fleet.receipts import FleetReceipts
 from fixedip.fleet.resp import ReplyError, StoreUnavailable
 from fixedip.fleet.settings import FleetConfig
-from fixedip.fleet.store import CanaryLock, FleetHealthStore, FleetLimitStore
+from fixedip.fleet.store import CanaryLock, FleetHealthStore
 from fixedip.identity.pool import EgressPool, EgressState
 
 log = logging.getLogger("fixedip.fleet")
@@ -156,6 +157,8 @@ class FleetNode:
             "members_seen": self.membership.members,
             "floating_eips": self.eips.snapshot() if self.eips is not None else [],
             "slots_held": self.limits.held(),
+            "limit_calls": self.limits.round_trips,
+            "reserved_permits": self.limits.reserved_permits,
             "quarantines": self._quarantines(),
         }
 
