@@ -5,11 +5,12 @@ tokens, atomically and on Redis's clock. A slot is a lease (a sorted-set member 
 its expiry) that this process renews every heartbeat, so a member that dies gives its
 slots back within `[fleet] lease_s` without anyone's help.
 
-A round trip per request would cost a fleet member a quarter of its keep-alive
-throughput, so for limits that are high against the fleet's size each member keeps a
-*reserve*: a few tokens and spare leased slots taken from Redis in one call, refilled in
-the background when half is spent. Permits from the reserve, and releases of slots, cost
-no Redis call; surplus spare slots go back in batches.
+A round trip per request costs several times the CPU of the rest of the limiter and
+makes the request wait, so for limits that are high against the fleet's size each member
+keeps a *reserve*: tokens and spare leased slots taken from Redis in one call, refilled
+in the background when half is spent. Permits from the reserve, and releases of slots,
+cost no Redis call; surplus spare slots go back in batches (benchmarks/fleet.py measures
+the limiter's CPU per permit with and without the fleet store).
 
 Why the fleet-wide bound still holds (what reaches a vendor in any window of t seconds
 is at most rate x t + burst): with M members, each member keeps at most S tokens, and
@@ -122,16 +123,21 @@ _REASONS: dict[int, Blocked] = {
 
 RESERVE_SHARE = 4  # all reserves together hold at most 1/4 of a limit
 MIN_RESERVE = 2  # smaller reserves are not kept: every permit asks Redis
-MAX_RESERVE = 256  # keeps the script short and what a dying member strands small
+# Tokens run out with throughput (a refill per half reserve), slots only with more
+# requests in flight at once (a released slot goes back to the spares): a larger cap
+# for tokens, and a small one for slots, which a dying member strands for lease_s.
+MAX_TOKENS = 1024
+MAX_SLOTS = 256
 RESERVE_CHECK_S = 1.0  # a reserve in use asks Redis at least this often (another's pause)
 SPARE_IDLE_S = 1.0  # spare slots unused for this long go back at the next heartbeat
 MAX_RELEASE_BATCH = 512  # lease ids per ZREM
 
 
-def reserve_size(limit: float, members: int) -> int:
-    """The most one of `members` keeps of `limit` (tokens of a burst, or slots); 0 when
-    that would be too small to save round trips. Room is left for one more member."""
-    size = min(MAX_RESERVE, int(limit // (RESERVE_SHARE * (max(1, members) + 1))))
+def reserve_size(limit: float, members: int, most: int) -> int:
+    """The most one of `members` keeps of `limit` (tokens of a burst, or slots), at most
+    `most`; 0 when that would be too small to save round trips. Room is left for one
+    more member."""
+    size = min(most, int(limit // (RESERVE_SHARE * (max(1, members) + 1))))
     return size if size >= MIN_RESERVE else 0
 
 
@@ -196,7 +202,7 @@ class FleetLimitStore:
     def _capacity(self, burst: float) -> float:
         """The bucket every member of this fleet takes from: burst less all reserves."""
         members = max(1, self.link.members)
-        return burst - (members + 1) * reserve_size(burst, members)
+        return burst - (members + 1) * reserve_size(burst, members, MAX_TOKENS)
 
     # the request path ---------------------------------------------------------------
     def try_reserved(
@@ -260,10 +266,10 @@ class FleetLimitStore:
         extra_tokens = extra_slots = 0
         if done is not None or state.refill is None:
             if rate_per_s:
-                state.token_target = reserve_size(burst, members)
+                state.token_target = reserve_size(burst, members, MAX_TOKENS)
                 extra_tokens = max(0, state.token_target - state.tokens)
             if concurrency:
-                state.spare_target = reserve_size(concurrency, members)
+                state.spare_target = reserve_size(concurrency, members, MAX_SLOTS)
                 extra_slots = max(0, state.spare_target - len(state.spare))
             if done is None and (extra_tokens or extra_slots):
                 done = state.refill = asyncio.get_running_loop().create_future()
@@ -397,7 +403,7 @@ class FleetLimitStore:
         members = max(1, self.link.members)
         for key, state in list(self._keys.items()):
             if state.spare:
-                keep = reserve_size(state.concurrency, members) if state.concurrency else 0
+                keep = reserve_size(state.concurrency, members, MAX_SLOTS)
                 if now - state.used_at > SPARE_IDLE_S:
                     keep = 0
                 if len(state.spare) > keep:
@@ -405,7 +411,7 @@ class FleetLimitStore:
                     del state.spare[keep:]
                 state.spare_target = min(state.spare_target, keep)
             if state.rate:
-                cap = reserve_size(state.burst, members)
+                cap = reserve_size(state.burst, members, MAX_TOKENS)
                 state.tokens = min(state.tokens, cap)  # the rest is dropped, never used
                 state.token_target = min(state.token_target, cap)
             leases = [*state.held, *state.spare]
