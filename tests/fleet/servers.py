@@ -3,12 +3,17 @@ each a subprocess on a loopback port with its files in a temp dir, stopped by PI
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,13 +117,40 @@ class MotoServer:
 
     def __init__(self) -> None:
         self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="moto-"))
+        self.recording = self.directory / "requests.jsonl"  # moto's own request recorder
         self.proc = subprocess.Popen(
             [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, **AWS_ENV},
+            env={**os.environ, **AWS_ENV, "MOTO_RECORDER_FILEPATH": str(self.recording)},
         )
         _wait_port(self.port, self.proc, "moto_server")
+
+    def _moto_api(self, path: str) -> None:
+        urllib.request.urlopen(
+            urllib.request.Request(f"{self.url}/moto-api/{path}", method="POST"), timeout=5
+        ).close()
+
+    def record(self) -> None:
+        """Record the requests moto receives from now on (`requests(action)` reads them)."""
+        self._moto_api("recorder/reset-recording")
+        self._moto_api("recorder/start-recording")
+
+    def requests(self, action: str) -> list[dict[str, str]]:
+        """The parameters of every recorded EC2 request for `action`, in order."""
+        found = []
+        if not self.recording.exists():
+            return found
+        for line in self.recording.read_text().splitlines():
+            entry = json.loads(line)
+            body = entry.get("body") or ""
+            if entry.get("body_encoded"):
+                body = base64.b64decode(body).decode()
+            params = {k: v[0] for k, v in urllib.parse.parse_qs(body).items()}
+            if params.get("Action") == action:
+                found.append(params)
+        return found
 
     @property
     def url(self) -> str:
@@ -148,6 +180,7 @@ class MotoServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -66,6 +66,24 @@ def error_of(text: str) -> str:
             "fleet.aws.instance_id",
             "i-0abc12345678",
         ),
+        (
+            'redis = "redis://h/0"\nmember = "a"\n[fleet.aws]\nregion = "eu-west-1"\n'
+            'private_ips = ["10.0.1.20", "10.0.1.20"]\n',
+            "fleet.aws.private_ips",
+            "each floating EIP needs its own",
+        ),
+        (
+            'redis = "redis://h/0"\nmember = "a"\n[fleet.aws]\nregion = "eu-west-1"\n'
+            'private_ips = ["10.0.1.20", "eni-1"]\n',
+            "fleet.aws.private_ips[1]",
+            "IPv4 or IPv6 address",
+        ),
+        (
+            'redis = "redis://h/0"\nmember = "a"\n[fleet.aws]\nregion = "eu-west-1"\n'
+            'private_ip = "10.0.1.20"\nprivate_ips = ["10.0.1.21"]\n',
+            "fleet.aws",
+            "keep one (private_ip = X is private_ips = [X])",
+        ),
     ],
 )
 def test_bad_fleet_keys_are_refused_by_name(body: str, key: str, expected: str) -> None:
@@ -102,3 +120,18 @@ def test_floating_eips_need_a_region_and_take_allocation_ids() -> None:
     config = parse(fleet(body), "x")
     assert config.fleet is not None and config.fleet.aws is not None
     assert config.fleet.aws.floating_eips == ["eipalloc-0abc1234"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "addresses"),
+    [
+        ('private_ips = ["10.0.1.20", "10.0.1.21"]\n', ["10.0.1.20", "10.0.1.21"]),
+        ('private_ip = "10.0.1.20"\n', ["10.0.1.20"]),  # the one-address form
+        ("", []),  # the primary address: one floating EIP at most
+    ],
+)
+def test_private_ips_say_where_a_members_floating_eips_go(keys: str, addresses: list[str]) -> None:
+    body = 'redis = "redis://h/0"\nmember = "a"\n[fleet.aws]\nregion = "eu-west-1"\n' + keys
+    config = parse(fleet(body), "x")
+    assert config.fleet is not None and config.fleet.aws is not None
+    assert [str(a) for a in config.fleet.aws.addresses] == addresses

@@ -1,7 +1,8 @@
 """`fixedip ips`: the fleet's constant set of public IPs, for a vendor's allowlist.
 
 With `[fleet]` the set is read from the fleet's Redis: every public egress IP a member
-has used and every floating Elastic IP. Failover moves a floating IP between members
+has used and every floating Elastic IP, with the member and private address that carry
+it (for a floating IP: its holder at its last move). Failover moves a floating IP between members
 but never changes the set, so the list a vendor holds stays valid. Without `[fleet]` it
 is this gateway's own egress IPs (as the internet sees them).
 
@@ -81,7 +82,7 @@ def ips(
         typer.echo(json.dumps({"ips": ordered, "details": details}, indent=2))
         return
     table = Table(title="public IPs to allowlist" + (" (fleet)" if cfg.fleet else ""))
-    for column in ("IP", "kind", "member", "allocation"):
+    for column in ("IP", "kind", "member", "private IP", "allocation"):
         table.add_column(column)
     for shown in ordered:
         record = found[shown]
@@ -89,6 +90,7 @@ def ips(
             shown,
             str(record.get("kind") or ""),
             str(record.get("member") or ""),
+            str(record.get("private_ip") or record.get("bind") or ""),
             str(record.get("allocation") or ""),
         )
     Console().print(table)

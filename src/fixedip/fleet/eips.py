@@ -9,6 +9,14 @@ the address back. A member takes free EIPs up to its share (EIPs / live members)
 they spread over the fleet; when a holder stops renewing, its lease expires and a peer
 takes it within `eip_lease_s` plus one tick.
 
+Each EIP a member holds is associated with a private address of its own
+(`[fleet.aws] private_ips`; `private_ip` is the one-address form, none means the
+primary address): a member holds at most as many EIPs as it has addresses. EIP i of
+`floating_eips` goes to address i (modulo their number) when that one is free, so with
+as many addresses as EIPs the pairing is the same on every member and `egress.ips` can
+name it (`{ bind = address i, public = EIP i }`). An EIP left free for a whole tick
+because every member had reached its share is taken by any member with a free address.
+
 SIGTERM (`handoff`) names a peer for each held EIP and releases the lease; the peer takes
 it on its next tick. The association stays where it is until the peer moves it, so
 connections keep leaving as that IP meanwhile.
@@ -38,7 +46,8 @@ IMDS_TIMEOUT_S = 2.0
 VERIFY_EVERY_TICKS = 15  # re-read the association this often, to repair drift
 
 # KEYS: lease, fence. ARGV: member, ttl ms, may take (1/0).
-# Returns the holder's fencing token when this member holds the lease (renewed), else 0.
+# Returns the holder's fencing token when this member holds the lease (renewed), 0 when
+# another member does, -1 when nobody does (and this member was not to take it).
 LEASE = """
 local held = redis.call('GET', KEYS[1])
 if held then
@@ -49,7 +58,7 @@ if held then
   end
   return 0
 end
-if ARGV[3] ~= '1' then return 0 end
+if ARGV[3] ~= '1' then return -1 end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 return token
@@ -93,24 +102,51 @@ class FloatingEIPs:
             "ec2", region_name=aws.region, endpoint_url=aws.endpoint_url or None
         )
         self.instance_id = aws.instance_id
+        self.addresses = [str(address) for address in aws.addresses]  # []: the primary
+        self.capacity = max(1, len(self.addresses))
         self.held: dict[str, int] = {}  # allocation id -> fencing token
+        self.placed: dict[str, str | None] = {}  # allocation id -> private address here
         self.public: dict[str, str] = {}  # allocation id -> public IP
+        self._free: set[str] = set()  # EIPs nobody held at the last tick
         self.ttl_ms = max(1, round(link.settings.eip_lease_s * 1000))
         self.tick_s = link.settings.eip_lease_s / 3
         self._lease = link.redis.script(LEASE)
         self._check = link.redis.script(CHECK)
         self._ticks = 0
         self.stopping = False
-        # Told whether this member holds any floating EIP now (the gateway uses
-        # `private_ip` as an egress address only then).
-        self.on_change: Callable[[bool], None] | None = None
-        self._told: bool | None = None
+        # Told which private address carries which public IP here now (the gateway uses
+        # a private address as an egress address only while it carries its EIP).
+        self.on_change: Callable[[dict[str, str]], None] | None = None
+        self._told: dict[str, str] | None = None
+
+    def carried(self) -> dict[str, str]:
+        """Private address -> the public IP of the floating EIP associated with it here."""
+        return {
+            address: self.public.get(alloc, "")
+            for alloc, address in self.placed.items()
+            if address is not None and alloc in self.held
+        }
 
     def _notify(self) -> None:
-        holding = bool(self.held)
-        if self.on_change is not None and holding != self._told:
-            self._told = holding
-            self.on_change(holding)
+        now = self.carried()
+        if self.on_change is not None and now != self._told:
+            self._told = now
+            self.on_change(now)
+
+    def _drop(self, alloc: str) -> None:
+        self.held.pop(alloc, None)
+        self.placed.pop(alloc, None)
+
+    def _address_for(self, alloc: str) -> str | None:
+        """A private address of this instance with no EIP of ours on it, EIP i's own
+        (address i) first; None means the primary address (no `private_ips`)."""
+        if not self.addresses:
+            return None
+        busy = {self.placed.get(other) for other in self.held if other != alloc}
+        home = self.addresses[self.aws.floating_eips.index(alloc) % len(self.addresses)]
+        if home not in busy:
+            return home
+        return next(address for address in self.addresses if address not in busy)
 
     def _keys(self, alloc: str) -> list[str]:
         return [self.link.key("eip", alloc), self.link.key("eip", alloc, "fence")]
@@ -127,7 +163,9 @@ class FloatingEIPs:
         if not self.link.degraded:  # the allowlist holds every floating IP from the start
             for alloc, public in self.public.items():
                 with contextlib.suppress(StoreUnavailable):
-                    await self.membership.add_ip(public, {"kind": "floating", "allocation": alloc})
+                    await self.membership.add_ip(
+                        public, {"kind": "floating", "allocation": alloc}, keep=True
+                    )
 
     async def run(self) -> None:
         while not self.stopping:
@@ -145,10 +183,12 @@ class FloatingEIPs:
         eips = self.aws.floating_eips
         share = math.ceil(len(eips) / max(1, link.members))
         self._ticks += 1
+        free: set[str] = set()
         for alloc in eips:
             handoff = await link.call("GET", link.key("eip", alloc, "handoff"))
             to_me = handoff is not None and handoff.decode() == link.member_id
-            may_take = to_me or (handoff is None and len(self.held) < share)
+            room = alloc in self.held or len(self.held) < self.capacity
+            wanted = to_me or (handoff is None and (len(self.held) < share or alloc in self._free))
             token = await link.call(
                 "EVALSHA",
                 self._lease,
@@ -156,56 +196,67 @@ class FloatingEIPs:
                 *self._keys(alloc),
                 link.member_id,
                 self.ttl_ms,
-                "1" if may_take else "0",
+                "1" if room and wanted else "0",
             )
-            if not token:
-                if self.held.pop(alloc, None) is not None:
+            token = int(token or 0)
+            if token <= 0:  # another member's (0), or nobody's (-1)
+                if token < 0:
+                    free.add(alloc)
+                if alloc in self.held:
+                    self._drop(alloc)
                     log.warning("fleet: lost the lease on floating EIP %s", alloc)
                 continue
-            token = int(token)
             fresh = self.held.get(alloc) != token
             if fresh or self._ticks % VERIFY_EVERY_TICKS == 0:
                 await self._associate(alloc, token, check_first=not fresh)
             if to_me:
                 link.redis.fire("DEL", link.key("eip", alloc, "handoff"))
+        self._free = free
         self._notify()
 
     async def _associate(self, alloc: str, token: int, check_first: bool) -> None:
         link = self.link
+        address = self.placed[alloc] if alloc in self.placed else self._address_for(alloc)
         if check_first:
             found = await asyncio.to_thread(self.ec2.describe_addresses, AllocationIds=[alloc])
             addresses = found.get("Addresses", [])
-            if addresses and addresses[0].get("InstanceId") == self.instance_id:
-                self.held[alloc] = token
+            if (
+                addresses
+                and addresses[0].get("InstanceId") == self.instance_id
+                and (address is None or addresses[0].get("PrivateIpAddress") == address)
+            ):
+                self.held[alloc], self.placed[alloc] = token, address
                 return
         # Fencing: only the current token may move the address.
         still = await link.call(
             "EVALSHA", self._check, 1, self._keys(alloc)[0], f"{link.member_id}|{token}", ""
         )
         if not still:
-            self.held.pop(alloc, None)
+            self._drop(alloc)
             return
         kwargs: dict[str, Any] = {
             "AllocationId": alloc,
             "InstanceId": self.instance_id,
             "AllowReassociation": True,
         }
-        if self.aws.private_ip is not None:
-            kwargs["PrivateIpAddress"] = str(self.aws.private_ip)
+        if address is not None:
+            kwargs["PrivateIpAddress"] = address
         await asyncio.to_thread(self.ec2.associate_address, **kwargs)
-        self.held[alloc] = token
+        self.held[alloc], self.placed[alloc] = token, address
         public = self.public.get(alloc, "")
         log.info(
-            "fleet: floating EIP %s (%s) is now associated with %s (fencing token %d)",
+            "fleet: floating EIP %s (%s) is now associated with %s%s (fencing token %d)",
             alloc,
             public or "?",
             self.instance_id,
+            f" at {address}" if address else "",
             token,
         )
         if public:
-            await self.membership.add_ip(
-                public, {"kind": "floating", "allocation": alloc, "member": link.member_id}
-            )
+            record = {"kind": "floating", "allocation": alloc, "member": link.member_id}
+            if address:
+                record["private_ip"] = address
+            await self.membership.add_ip(public, record)
 
     async def handoff(self) -> None:
         """Name a peer for each held EIP and release the leases (graceful shutdown)."""
@@ -240,10 +291,16 @@ class FloatingEIPs:
                 return
             log.info("fleet: floating EIP %s handed to %s", alloc, peer)
         self.held.clear()
+        self.placed.clear()
         self._notify()
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [
-            {"allocation": alloc, "public": self.public.get(alloc), "token": token}
+            {
+                "allocation": alloc,
+                "public": self.public.get(alloc),
+                "private_ip": self.placed.get(alloc),
+                "token": token,
+            }
             for alloc, token in sorted(self.held.items())
         ]

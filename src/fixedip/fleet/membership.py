@@ -85,8 +85,9 @@ class Membership:
         """Say goodbye at shutdown, so peers stop counting this member at once."""
         await self.link.call("DEL", self._alive_key(self.link.member_id))
 
-    async def add_ip(self, public: str, record: dict[str, Any]) -> None:
-        await self.link.call("HSET", self._ips, public, json.dumps(record))
+    async def add_ip(self, public: str, record: dict[str, Any], keep: bool = False) -> None:
+        """Record a public IP of the fleet; `keep`: only if it is not recorded yet."""
+        await self.link.call("HSETNX" if keep else "HSET", self._ips, public, json.dumps(record))
 
 
 async def fleet_ips(link: Link) -> dict[str, dict[str, Any]]:

@@ -112,29 +112,39 @@ class FleetNode:
     def gate_floating_egress(
         self, pool: Callable[[], EgressPool], report: Callable[[EgressState], None]
     ) -> None:
-        """`[fleet.aws] private_ip` in egress.ips leaves as the floating EIP only on its
-        holder: on every other member it is withheld from the pool (a connection from it
-        would have no public address). `pool` gives the current pool (reloads replace
-        it); `report` is told when the entry goes up or down."""
+        """A `[fleet.aws] private_ips` address in egress.ips leaves as a floating EIP only
+        while that EIP is associated with it here: otherwise it is withheld from the pool
+        (a connection from it would have no public address, or another than the one
+        configured). `pool` gives the current pool (reloads replace it); `report` is
+        told when an entry goes up or down."""
         aws = self.settings.aws
-        if self.eips is None or aws is None or aws.private_ip is None:
+        if self.eips is None or aws is None:
             return
-        address = aws.private_ip
-        if pool().get(address) is None:
+        gated = [address for address in aws.addresses if pool().get(address) is not None]
+        if not gated:
             return
 
-        def changed(holding: bool) -> None:
+        def changed(carried: dict[str, str]) -> None:
             current = pool()
-            if holding:
-                current.restore(address)
-            else:
-                current.withhold(address, "its floating EIP is held by another fleet member")
-            state = current.get(address)
-            if state is not None:
+            for address in gated:
+                state = current.get(address)
+                if state is None:
+                    continue
+                public = carried.get(str(address))
+                if public is None:
+                    current.withhold(address, "its floating EIP is held by another fleet member")
+                elif state.public != state.bind and state.public_text != public:
+                    current.withhold(
+                        address,
+                        f"it carries floating EIP {public} here, not {state.public_text} as "
+                        "egress.ips says",
+                    )
+                else:
+                    current.restore(address)
                 report(state)
 
         self.eips.on_change = changed
-        changed(False)
+        changed({})
 
     # views ------------------------------------------------------------------------
     @property

@@ -11,7 +11,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, field_serializer, field_validator, model_validator
 
-from fixedip.configtypes import IPAddressField, Section, read_secret, secret_problem
+from fixedip.configtypes import IPAddress, IPAddressField, Section, read_secret, secret_problem
 
 _MEMBER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _EIP_RE = re.compile(r"^eipalloc-[0-9a-f]{8,17}$")
@@ -64,8 +64,10 @@ class FleetAWSConfig(Section):
     region: str
     endpoint_url: str = ""  # empty: AWS; tests: a moto server
     instance_id: str = ""  # empty: read from the instance metadata service
-    # The private address of this instance a floating EIP is associated with;
-    # empty: the instance's primary private address.
+    # The private addresses of this instance that floating EIPs are associated with, one
+    # EIP per address (so a member holds at most that many); `private_ip` is the
+    # one-address form. Neither: the instance's primary private address, one EIP.
+    private_ips: list[IPAddressField] = []
     private_ip: IPAddressField | None = None
     floating_eips: list[str] = []
 
@@ -107,6 +109,26 @@ class FleetAWSConfig(Section):
         if len(set(v)) != len(v):
             raise ValueError("an allocation id is listed twice")
         return v
+
+    @field_validator("private_ips")
+    @classmethod
+    def _private_ips(cls, v: list[IPAddress]) -> list[IPAddress]:
+        if len(set(v)) != len(v):
+            raise ValueError("an address is listed twice: each floating EIP needs its own")
+        return v
+
+    @model_validator(mode="after")
+    def _one_form(self) -> FleetAWSConfig:
+        if self.private_ip is not None and self.private_ips:
+            raise ValueError(
+                "private_ip and private_ips: keep one (private_ip = X is private_ips = [X])"
+            )
+        return self
+
+    @property
+    def addresses(self) -> list[IPAddress]:
+        """Where this member's floating EIPs go, in order ([]: the primary address)."""
+        return list(self.private_ips) or ([self.private_ip] if self.private_ip else [])
 
 
 class FleetConfig(Section):
