@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,31 @@ def test_fixedip_ips_says_which_member_and_address_carry_each_floating_ip(
     )
     assert table.returncode == 0, table.stderr
     assert FLOATING[0] in table.stdout and FLOATING[1] in table.stdout
+
+
+def test_sigterm_hands_every_held_eip_to_a_peer_with_free_addresses(
+    tmp_path: Path,
+    fleet_members: Any,
+    redis_server: RedisServer,
+    dns: DNSServer,
+    moto: MotoServer,
+    aws: dict[str, Any],
+) -> None:
+    """The first member takes both EIPs alone; on SIGTERM it names the peer (two free
+    addresses) for both, and the peer associates both with its own instance."""
+    args = (tmp_path, fleet_members, redis_server, dns, moto, aws)
+    leaving = start(*args, 0, {"private_ips": FLOATING})
+    wait_until(lambda: set(holders(aws).values()) == {aws["instances"][0]}, 10, "both held")
+    peer = start(*args, 1, {"private_ips": FLOATING})
+    wait_until(lambda: leaving.fleet()["members"] == 2, 10, "the peer joined")
+    leaving.process.signal(signal.SIGTERM)
+    assert leaving.process.wait_exit(10) == 0
+    handed = [line for line in leaving.process.stderr if "handed to gw-b" in line]
+    assert len(handed) == 2, "\n".join(leaving.process.stderr)
+    wait_until(
+        lambda: set(holders(aws).values()) == {aws["instances"][1]},
+        FAILOVER_TARGET_S,
+        "the peer holds both EIPs",
+    )
+    wait_until(lambda: len(peer.fleet()["floating_eips"]) == 2, 5, "the peer reports both")
+    assert {e["private_ip"] for e in peer.fleet()["floating_eips"]} == set(FLOATING)

@@ -202,6 +202,8 @@ class FloatingEIPs:
             if token <= 0:  # another member's (0), or nobody's (-1)
                 if token < 0:
                     free.add(alloc)
+                if to_me:  # handed here without room: others may take it now
+                    link.redis.fire("DEL", link.key("eip", alloc, "handoff"))
                 if alloc in self.held:
                     self._drop(alloc)
                     log.warning("fleet: lost the lease on floating EIP %s", alloc)
@@ -264,8 +266,8 @@ class FloatingEIPs:
         link = self.link
         with contextlib.suppress(StoreUnavailable):
             await self.membership.refresh()  # a peer that joined since the last heartbeat
-        peers = self.membership.live_peers()
-        if not peers or link.degraded:
+        room = self.membership.eip_room()  # peers with a free private address
+        if not self.membership.live_peers() or link.degraded:
             if self.held:
                 log.warning(
                     "fleet: no live peer to hand floating EIPs %s to; they stay associated "
@@ -273,12 +275,16 @@ class FloatingEIPs:
                     ", ".join(self.held),
                 )
             return
-        for i, (alloc, token) in enumerate(sorted(self.held.items())):
-            peer = peers[i % len(peers)]
+        for alloc, token in sorted(self.held.items()):
+            peer = max(room, key=lambda name: (room[name], name), default=None)
             try:
-                await link.call(
-                    "SET", link.key("eip", alloc, "handoff"), peer, "PX", self.ttl_ms * 2
-                )
+                if peer is not None:
+                    await link.call(
+                        "SET", link.key("eip", alloc, "handoff"), peer, "PX", self.ttl_ms * 2
+                    )
+                    room[peer] -= 1
+                    if not room[peer]:
+                        del room[peer]
                 await link.call(
                     "EVALSHA",
                     self._check,
@@ -289,7 +295,14 @@ class FloatingEIPs:
                 )
             except StoreUnavailable:
                 return
-            log.info("fleet: floating EIP %s handed to %s", alloc, peer)
+            if peer is not None:
+                log.info("fleet: floating EIP %s handed to %s", alloc, peer)
+            else:
+                log.warning(
+                    "fleet: no live peer has a free address for floating EIP %s: released; "
+                    "it stays associated here until a member with room takes it",
+                    alloc,
+                )
         self.held.clear()
         self.placed.clear()
         self._notify()

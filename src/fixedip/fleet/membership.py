@@ -81,6 +81,15 @@ class Membership:
             if r["alive"] and r["member"] != self.link.member_id and not r.get("draining")
         ]
 
+    def eip_room(self) -> dict[str, int]:
+        """Live peers that can take floating EIPs, with how many each can take."""
+        peers = set(self.live_peers())
+        return {
+            r["member"]: int(r.get("eip_room", 1))
+            for r in self.members
+            if r["member"] in peers and int(r.get("eip_room", 1)) > 0
+        }
+
     async def leave(self) -> None:
         """Say goodbye at shutdown, so peers stop counting this member at once."""
         await self.link.call("DEL", self._alive_key(self.link.member_id))

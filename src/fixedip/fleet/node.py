@@ -45,7 +45,7 @@ class FleetNode:
         self.health = FleetHealthStore(self.link)
         self.canaries = CanaryLock(self.link)
         self.receipts = FleetReceipts(self.link)  # the ingress relay's, when it runs here
-        self.membership = Membership(self.link, describe)
+        self.membership = Membership(self.link, lambda: {**describe(), **self._eip_room()})
         aws = settings.aws
         self.eips = (
             FloatingEIPs(self.link, aws, self.membership)
@@ -56,6 +56,12 @@ class FleetNode:
         self._stopped = False
         self._gauges: dict[str, Any] = {}
         self.link.on_rejoin.append(self._heartbeat)
+
+    def _eip_room(self) -> dict[str, int]:
+        """How many more floating EIPs this member could hold (peers hand them over)."""
+        if self.eips is None:
+            return {}
+        return {"eip_room": self.eips.capacity - len(self.eips.held)}
 
     # lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
