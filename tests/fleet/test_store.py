@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fixedip.config import parse
-from fixedip.fleet.limits import FleetLimitStore
+from fixedip.fleet.limits import RESERVE_CHECK_S, FleetLimitStore
 from fixedip.fleet.link import Link
 from fixedip.fleet.resp import Redis
 from fixedip.fleet.store import CanaryLock, FleetHealthStore
@@ -399,6 +399,33 @@ def test_a_reserve_decides_most_permits_and_refills_before_it_runs_out(
     assert local + misses == 2000
     assert misses == 0  # the reserve never ran dry
     assert round_trips <= 2000 // 50  # a refill per half reserve (128), not per permit
+
+
+def test_a_pause_set_by_another_member_stops_a_reserve_within_its_check_period(
+    redis_server: RedisServer,
+) -> None:
+    """A member with a reserve hears of another member's pause (an upstream Retry-After)
+    at its next check of Redis, at most RESERVE_CHECK_S after the last one."""
+
+    async def main() -> tuple[bool, bool, Any]:
+        a, b = link_for(redis_server, "a"), link_for(redis_server, "b")
+        await joined(a, b)
+        mine, theirs = FleetLimitStore(a), FleetLimitStore(b)
+        assert await mine.attempt("v", 1000.0, 1000.0, None) == (0.0, None)  # a reserve
+        theirs.pause("v", 30.0)
+        await b.call("PING")  # the pause is in Redis
+        right_after = mine.try_reserved("v", 1000.0, 1000.0, None)  # not heard of yet
+        deadline = time.monotonic() + RESERVE_CHECK_S + 2.0
+        stopped = False
+        while time.monotonic() < deadline and not stopped:
+            stopped = not mine.try_reserved("v", 1000.0, 1000.0, None)
+            await asyncio.sleep(0.05)  # 20 permits a second: the reserve lasts longer
+        return right_after, stopped, await mine.attempt("v", 1000.0, 1000.0, None)
+
+    right_after, stopped, attempt = run(main())
+    assert right_after
+    assert stopped
+    assert attempt is not None and attempt[1] == "destination_paused"
 
 
 def test_spare_slots_count_against_the_cap_and_go_back_when_idle(
