@@ -175,7 +175,7 @@ async def measure(requests: int, rounds: int, profile: bool) -> float:
                 prof.enable()
                 bench.rounds(requests, 1)
                 prof.disable()
-                pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(25)
+                pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(60)
             return bench.rounds(requests, rounds)
         finally:
             await gateway.flowlog.close()

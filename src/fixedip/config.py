@@ -169,7 +169,7 @@ class LimitsConfig(Section):
     max_connections: int = Field(default=10_000, ge=1, strict=True)
     max_connections_per_client: int = Field(default=1_000, ge=1, strict=True)
     max_body_bytes: int = Field(default=0, ge=0, strict=True)
-    pool_per_destination: int = Field(default=32, ge=0, strict=True)
+    pool_per_destination: int = Field(default=64, ge=0, strict=True)
     max_tls_handshakes: int = Field(default=512, ge=1, strict=True)
 
 

@@ -1,8 +1,9 @@
 """Prometheus metrics for the gateway, all named `fixedip_*`.
 
 Each `Metrics` owns its own `CollectorRegistry`, so several gateways (or tests) in one
-process never share counters. Label children are looked up once and kept in dicts:
-after the first flow of a shape, `observe_flow()` is one dict lookup and a few `inc()`s.
+process never share counters. Label children are looked up once and kept in dicts.
+Finished flows, one per request, are summed in plain integers and added to their
+counters when the registry is read (`_FlushFirst`), so a request pays no counter locks.
 """
 
 from __future__ import annotations
@@ -66,12 +67,31 @@ def status_class(kind: str, status: int | None) -> str:
     return f"{status // 100}xx"
 
 
+class _FlushFirst:
+    """Registered before every other collector, so any read of the registry (a scrape,
+    `get_sample_value`) first moves the flows summed since the last read into their
+    counters."""
+
+    def __init__(self, flush: Any) -> None:
+        self._flush = flush
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        self._flush()
+        return []
+
+
 class Metrics:
     """The gateway's counters, gauges and histograms in a registry of their own."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
+        reg.register(_FlushFirst(self.flush_flows))
+        # shape of flow → [flows, bytes up, bytes down], not yet in the counters
+        self._flow_sums: dict[tuple[str, str, str, str, str], list[int]] = {}
         self._requests = Counter(
             "fixedip_requests",
             "Finished requests and tunnels by listener, kind, status class and egress IP.",
@@ -136,25 +156,36 @@ class Metrics:
 
     def observe_flow(self, record: FlowRecord) -> None:
         """Count one finished flow: request, tunnel (if allowed), bytes and decision."""
-        egress = record.egress or ""
         key = (
             record.listener,
             record.kind,
             status_class(record.kind, record.status),
-            egress,
+            record.egress or "",
             str(record.reason),
         )
-        children = self._flow_children.get(key)
-        if children is None:
-            children = self._flow_children[key] = self._make_flow_children(key)
-        children.requests.inc()
-        if children.tunnels is not None:
-            children.tunnels.inc()
-        if record.bytes_up:
-            children.bytes_up.inc(record.bytes_up)
-        if record.bytes_down:
-            children.bytes_down.inc(record.bytes_down)
-        children.decisions.inc()
+        sums = self._flow_sums.get(key)
+        if sums is None:
+            self._flow_sums[key] = [1, record.bytes_up, record.bytes_down]
+        else:
+            sums[0] += 1
+            sums[1] += record.bytes_up
+            sums[2] += record.bytes_down
+
+    def flush_flows(self) -> None:
+        """Add the flows summed since the last call to the Prometheus counters."""
+        sums, self._flow_sums = self._flow_sums, {}
+        for key, (flows, up, down) in sums.items():
+            children = self._flow_children.get(key)
+            if children is None:
+                children = self._flow_children[key] = self._make_flow_children(key)
+            children.requests.inc(flows)
+            if children.tunnels is not None:
+                children.tunnels.inc(flows)
+            if up:
+                children.bytes_up.inc(up)
+            if down:
+                children.bytes_down.inc(down)
+            children.decisions.inc(flows)
 
     def _make_flow_children(self, key: tuple[str, str, str, str, str]) -> _FlowChildren:
         listener, kind, klass, egress, reason = key

@@ -75,6 +75,13 @@ _METHODS: Final = {
     m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
 }
 _VERSIONS: Final = {b"0": "1.0", b"1": "1.1"}
+# Connection values as sent by nearly everyone: (close, keep-alive) without splitting.
+_SIMPLE_CONNECTION: Final = {
+    b"keep-alive": (False, True),
+    b"Keep-Alive": (False, True),
+    b"close": (True, False),
+    b"Close": (True, False),
+}
 _NOT_FAST: Final = frozenset({b"transfer-encoding", b"upgrade"}) | _FRAMING_LOOKALIKES
 FAST_HEADS = True  # the default for new parsers; benchmarks.hotpath --llhttp-only clears it
 
@@ -211,21 +218,27 @@ def _fast_fields(
         return None
     length = None
     if b"content-length" in lnames:
-        try:
-            length = _framing(headers, lnames)[1]
-        except ProtocolError:
-            return None
+        i = lnames.index(b"content-length")
+        value = headers[i][1]
+        if b"content-length" in lnames[i + 1 :] or not value.isdigit() or len(value) > 18:
+            return None  # llhttp refuses it, with its own words
+        length = int(value)
     close = keep = False
     if b"connection" in lnames:
-        for lname, (_, value) in zip(lnames, headers, strict=True):
-            if lname != b"connection":
-                continue
-            for token in value.lower().split(b","):
-                token = token.strip(b" \t")
-                if not _CONNECTION_TOKEN.fullmatch(token) or token == b"upgrade":
-                    return None
-                close = close or token == b"close"
-                keep = keep or token == b"keep-alive"
+        i = lnames.index(b"connection")
+        simple = _SIMPLE_CONNECTION.get(headers[i][1])
+        if simple is not None and b"connection" not in lnames[i + 1 :]:
+            close, keep = simple
+        else:
+            for lname, (_, value) in zip(lnames, headers, strict=True):
+                if lname != b"connection":
+                    continue
+                for token in value.lower().split(b","):
+                    token = token.strip(b" \t")
+                    if not _CONNECTION_TOKEN.fullmatch(token) or token == b"upgrade":
+                        return None
+                    close = close or token == b"close"
+                    keep = keep or token == b"keep-alive"
     return headers, lnames, length, not close if http11 else keep
 
 
@@ -866,19 +879,34 @@ def end_to_end(
     if lnames is None:
         lnames = [k.lower() for k, _ in headers]
     listed = connection_tokens(headers, lnames)
-    out = []
-    for lk, kv in zip(lnames, headers, strict=True):
-        if (
-            lk in HOP_BY_HOP
-            or lk in listed
-            or lk in drop
-            or (keep is not None and lk not in keep)
-            or lk == b"content-length"
-            or _is_proxy_header(lk)
-        ):
-            continue
-        out.append(kv)
-    return out
+    # Which positions survive depends only on the names and the sets: the same client
+    # and vendor send the same names request after request.
+    key = (tuple(lnames), listed, drop, keep)
+    kept = _E2E_MEMO.get(key)
+    if kept is None:
+        kept = tuple(
+            i
+            for i, lk in enumerate(lnames)
+            if not (
+                lk in HOP_BY_HOP
+                or lk in listed
+                or lk in drop
+                or (keep is not None and lk not in keep)
+                or lk == b"content-length"
+                or _is_proxy_header(lk)
+            )
+        )
+        if len(_E2E_MEMO) >= _E2E_MEMO_SIZE:
+            _E2E_MEMO.clear()  # bounded: a client varying its names cannot grow it
+        _E2E_MEMO[key] = kept
+    return [headers[i] for i in kept]
+
+
+_E2E_MEMO: dict[
+    tuple[tuple[bytes, ...], frozenset[bytes], frozenset[bytes], frozenset[bytes] | None],
+    tuple[int, ...],
+] = {}
+_E2E_MEMO_SIZE: Final = 4096
 
 
 def serialize_head(first_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
