@@ -197,8 +197,10 @@ def test_terraform_and_cloudformation_hand_a_fleet_member_the_same_script() -> N
     assert terraform_script(VALUES, "fixedip-ha", floating=2) == cfn
 
 
-def test_fleet_bootstrap_joins_the_fleet_with_its_spare_address(tmp_path: Path) -> None:
-    script = cloudformation_script(VALUES, "fixedip-ha", "Gateway2Instance", ips=2, floating=1)
+def test_fleet_bootstrap_joins_the_fleet_with_a_spare_address_per_floating_eip(
+    tmp_path: Path,
+) -> None:
+    script = cloudformation_script(VALUES, "fixedip-ha", "Gateway2Instance", ips=2, floating=2)
     calls = run_bootstrap(script, tmp_path)
     config_file = tmp_path / "etc/fixedip/fixedip.toml"
     config = parse(config_file.read_text(), str(config_file))
@@ -209,8 +211,9 @@ def test_fleet_bootstrap_joins_the_fleet_with_its_spare_address(tmp_path: Path) 
     assert (tmp_path / "etc/fixedip/redis-password").read_text() == "redis-auth-token\n"
     assert config.fleet.aws is not None
     assert config.fleet.aws.floating_eips == ["eipalloc-0abc12345678", "eipalloc-0def12345678"]
-    # gateway 2 sits in the second public subnet; .10 and .11 carry its own EIPs
-    assert str(config.fleet.aws.private_ip) == "10.42.16.12"
+    # gateway 2 sits in the second public subnet; .10 and .11 carry its own EIPs, and it
+    # has a spare address for each floating EIP, so it can carry both if the other dies
+    assert [str(ip) for ip in config.fleet.aws.addresses] == ["10.42.16.12", "10.42.16.13"]
     assert any(c.startswith("aws secretsmanager get-secret-value") for c in calls)
 
 

@@ -229,7 +229,7 @@ def terraform(params: RenderParams) -> str:
             **bootstrap_values_tf(params, params.ips),
             "REDIS_HOST": Expr("aws_elasticache_replication_group.fleet.primary_endpoint_address"),
             "REDIS_SECRET": Expr("aws_secretsmanager_secret.redis.arn"),
-            "FLOATING_PRIVATE_IP": addresses[params.ips],
+            "FLOATING_PRIVATE_IPS": " ".join(addresses[params.ips :]),
             "FLOATING_EIPS": Expr(floating_ids),
         }
         blocks += tf_gateway(
@@ -412,7 +412,7 @@ def cloudformation(params: RenderParams) -> str:
             **cfn_bootstrap_values(params, params.ips),
             "REDIS_HOST": {"Fn::GetAtt": ["Redis", "PrimaryEndPoint.Address"]},
             "REDIS_SECRET": {"Ref": "RedisAuthToken"},
-            "FLOATING_PRIVATE_IP": addresses[params.ips],
+            "FLOATING_PRIVATE_IPS": " ".join(addresses[params.ips :]),
             "FLOATING_EIPS": floating_ids,
         }
         resources.update(

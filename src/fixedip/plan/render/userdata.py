@@ -130,13 +130,15 @@ _FLEET = """\
 # at a time, associated with this gateway's spare private address while it holds one.
 REDIS_HOST='@@REDIS_HOST@@'
 REDIS_SECRET='@@REDIS_SECRET@@'
-FLOATING_PRIVATE_IP='@@FLOATING_PRIVATE_IP@@'
+FLOATING_PRIVATE_IPS='@@FLOATING_PRIVATE_IPS@@'
 FLOATING_EIPS='@@FLOATING_EIPS@@'
 aws secretsmanager get-secret-value --region "$REGION" --secret-id "$REDIS_SECRET" \\
   --query SecretString --output text > /etc/fixedip/redis-password
 chgrp fixedip /etc/fixedip/redis-password
 FLOATING_TOML=""
 for eip in $FLOATING_EIPS; do FLOATING_TOML="$FLOATING_TOML\\"$eip\\", "; done
+PRIVATE_TOML=""
+for ip in $FLOATING_PRIVATE_IPS; do PRIVATE_TOML="$PRIVATE_TOML\\"$ip\\", "; done
 cat >> /etc/fixedip/fixedip.toml <<EOF
 
 [fleet]
@@ -147,7 +149,7 @@ password = "file:/etc/fixedip/redis-password"
 [fleet.aws]
 region = "$REGION"
 instance_id = "$INSTANCE_ID"
-private_ip = "$FLOATING_PRIVATE_IP"
+private_ips = [$PRIVATE_TOML]
 floating_eips = [$FLOATING_TOML]
 EOF
 """
