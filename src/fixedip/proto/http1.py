@@ -253,6 +253,7 @@ class _Parser:
     """Shared callback plumbing for the request and response parsers."""
 
     _bad_status = 400
+    _malformed = "malformed request"  # how errors llhttp reports are introduced
 
     def __init__(self, max_head_bytes: int, fast: bool | None = None) -> None:
         self._max_head = max_head_bytes
@@ -346,7 +347,12 @@ class _Parser:
                     events.append(END)
                 continue
             if self._closing:
-                self._fail(self._after_close())
+                # llhttp refuses anything after a message that closes the connection
+                self._fail(
+                    ProtocolError(
+                        self._bad_status, f"{self._malformed}: Data after `Connection: close`"
+                    )
+                )
             stop = data.find(b"\r\n\r\n", pos, pos + self._max_head)
             if stop < 0 or not self._fast_head(data, pos, stop + 4):
                 break
@@ -354,9 +360,6 @@ class _Parser:
         return pos
 
     def _fast_head(self, data: bytes, start: int, stop: int) -> bool:
-        raise NotImplementedError
-
-    def _after_close(self) -> ProtocolError:
         raise NotImplementedError
 
     def _fast_body(self, keep_alive: bool, length: int | None) -> None:
@@ -486,9 +489,6 @@ class RequestParser(_Parser):
         self._fast_body(keep_alive, length)
         return True
 
-    def _after_close(self) -> ProtocolError:
-        return ProtocolError(400, "malformed request: Data after `Connection: close`")
-
     @property
     def upgraded(self) -> bool:
         """True once a CONNECT head was parsed: later bytes belong to the tunnel."""
@@ -548,9 +548,6 @@ class RequestParser(_Parser):
         start = 0
         if self._fast_left or (self._fast and self._llhttp_idle):
             start = self._fast_messages(data)
-            if start == len(data):
-                self._quiet_bytes = 0 if self._events else self._quiet_bytes
-                return self._take()
         try:
             leftover = self._execute(data, start)
         except ProtocolError:
@@ -558,11 +555,11 @@ class RequestParser(_Parser):
         except httptools.HttpParserCallbackError as exc:
             if self._error is not None:
                 raise self._error from None
-            raise ProtocolError(400, "malformed request") from exc
+            raise ProtocolError(400, self._malformed) from exc
         except httptools.HttpParserError as exc:
             if self._error is not None:
                 raise self._error from None
-            self._error = ProtocolError(400, f"malformed request: {exc}")
+            self._error = ProtocolError(400, f"{self._malformed}: {exc}")
             raise self._error from None
         if leftover is not None:
             self._events.append(Upgrade(leftover))
@@ -591,6 +588,7 @@ class ResponseParser(_Parser):
     """Upstream side. Call `expect(method)` before each response so HEAD is framed right."""
 
     _bad_status = 502
+    _malformed = "malformed upstream response"
 
     def __init__(
         self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, fast: bool | None = None
@@ -631,9 +629,6 @@ class ResponseParser(_Parser):
         )
         self._fast_body(keep_alive, None if bodiless else length)
         return True
-
-    def _after_close(self) -> ProtocolError:
-        return ProtocolError(502, "malformed upstream response: Data after `Connection: close`")
 
     def expect(self, method: str) -> None:
         self._no_body = method == "HEAD"
@@ -684,9 +679,6 @@ class ResponseParser(_Parser):
         start = 0
         if self._fast_left or (self._fast and self._llhttp_idle):
             start = self._fast_messages(data)
-            if start == len(data):
-                self._quiet_bytes = 0 if self._events else self._quiet_bytes
-                return self._take()
         try:
             self._feed_llhttp(self._parser, data, start)
         except httptools.HttpParserCallbackError as exc:
@@ -696,7 +688,7 @@ class ResponseParser(_Parser):
                 return self._take()
             if self._error is not None:
                 raise self._error from None
-            raise ProtocolError(502, "malformed upstream response") from exc
+            raise ProtocolError(502, self._malformed) from exc
         except httptools.HttpParserUpgrade:
             self._error = ProtocolError(502, "upstream switched protocols")
             raise self._error from None
@@ -707,7 +699,7 @@ class ResponseParser(_Parser):
                 return self._take()
             if self._error is not None:
                 raise self._error from None
-            self._error = ProtocolError(502, f"malformed upstream response: {exc}")
+            self._error = ProtocolError(502, f"{self._malformed}: {exc}")
             raise self._error from None
         self._bound_quiet_bytes(len(data), head_before)
         return self._take()
