@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import base64
 import cProfile
-import ipaddress
 import pstats
 import sys
 import tempfile
@@ -119,12 +118,7 @@ class Bench:
         self.client = _Transport(("127.0.0.1", 40000))
         self.session = HttpProxySession(gateway)
         self.session.connection_made(self.client)  # type: ignore[arg-type]
-        key = (
-            ipaddress.ip_address(EGRESS),
-            ipaddress.ip_address(ORIGIN[0]),
-            ORIGIN[1],
-            "",
-        )
+        key = (EGRESS, ORIGIN[0], ORIGIN[1], "")
         self.up_transport = _Transport(ORIGIN)
         self.upstream = Upstream(key, gateway.upstreams)
         self.upstream.connection_made(self.up_transport)  # type: ignore[arg-type]

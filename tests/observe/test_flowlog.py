@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fixedip.observe.flowlog import FlowLog, FlowRecord
 from fixedip.policy.decision import Reason
@@ -154,6 +156,53 @@ def test_a_denied_record_has_decision_deny_with_its_reason_and_rule() -> None:
 def test_to_json_is_one_line() -> None:
     record = make_record(host="evil.example\nX-Injected: 1")
     assert "\n" not in record.to_json()
+
+
+_text = st.none() | st.text(max_size=40)
+_count = st.none() | st.integers(min_value=0, max_value=2**63)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    client=_text,
+    peer=st.text(max_size=40),
+    method=_text,
+    host=_text,
+    port=_count,
+    resolved=_text,
+    status=_count,
+    bytes_up=st.integers(min_value=0, max_value=2**63),
+    duration_s=st.floats(min_value=0, max_value=1e9, allow_nan=False),
+    reason=st.sampled_from(list(Reason)),
+    rule=_text,
+)
+def test_to_json_is_exactly_what_the_json_encoder_writes_for_the_fields(
+    client: str | None,
+    peer: str,
+    method: str | None,
+    host: str | None,
+    port: int | None,
+    resolved: str | None,
+    status: int | None,
+    bytes_up: int,
+    duration_s: float,
+    reason: Reason,
+    rule: str | None,
+) -> None:
+    record = make_record(
+        client=client,
+        peer=peer,
+        method=method,
+        host=host,
+        port=port,
+        resolved=resolved,
+        status=status,
+        bytes_up=bytes_up,
+        duration_s=duration_s,
+        reason=reason.value,
+        rule=rule,
+    )
+    assert record.to_json() == json.dumps(record.fields(), separators=(",", ":"))
 
 
 def test_to_json_keys_stay_fixed_when_values_look_like_credentials() -> None:

@@ -60,28 +60,11 @@ class Refused(Exception):
 @dataclass(slots=True)
 class Dialed:
     upstream: Upstream
-    address: IPAddress
+    address_text: str  # the destination address the upstream connection went to
     egress: EgressState
     reused: bool
     rule: str | None
     permit: Permit | None = None  # held until the exchange or tunnel ends
-
-    @property
-    def address_text(self) -> str:
-        return _address_text(self.address)
-
-
-_TEXT_CACHE_MAX = 4096
-_texts: dict[IPAddress, str] = {}
-
-
-def _address_text(address: IPAddress) -> str:
-    text = _texts.get(address)
-    if text is None:
-        if len(_texts) >= _TEXT_CACHE_MAX:
-            _texts.clear()
-        text = _texts[address] = str(address)
-    return text
 
 
 def _family(address: IPAddress) -> int:
@@ -208,7 +191,10 @@ class Runtime:
         return rule
 
 
-Route = list[tuple[IPAddress, "str | None"]]
+# A destination's allowed addresses in order: (address, its text, deciding rule). The
+# text is made once per route, so pool keys and flow records never format or hash an
+# ipaddress object per request.
+Route = list[tuple[IPAddress, str, "str | None"]]
 
 
 ROUTE_CACHE_MAX = 4096
@@ -300,7 +286,7 @@ class Router:
                     raise Refused(verdict, f"{host} -> {address}")
                 would = would or verdict
             if verdict.allowed:
-                allowed.append((address, verdict.rule))
+                allowed.append((address, str(address), verdict.rule))
             elif refusal is None:
                 refusal = verdict
         if not allowed:
@@ -310,7 +296,7 @@ class Router:
         if would is not None:  # observe mode: let it through, and say so in the flow log
             note = f"observe: would deny ({would.reason.value}"
             note += f": {would.rule})" if would.rule else ")"
-            return [(address, note) for address in usable]
+            return [(address, str(address), note) for address in usable]
         return allowed
 
 
@@ -399,7 +385,7 @@ def dial_now(
     route = rt.router.route(client, host, port, addresses, tunnel)
     if tunnel:
         return Attempt(route)
-    address, rule = route[0]
+    address, text, rule = route[0]
     egress = _choose(rt, health, client, host, _family(address))
     permit = None
     limiter = rt.limiter(host)
@@ -407,9 +393,9 @@ def dial_now(
         permit = limiter.try_acquire(egress.bind_text)
         if permit is None:
             return Attempt(route, egress)  # waits for a token or a slot in dial()
-    up = upstreams.take((egress.bind, address, port, tls.server_name if tls else ""))
+    up = upstreams.take((egress.bind_text, text, port, tls.server_name if tls else ""))
     if up is not None:
-        return Dialed(up, address, egress, True, rule, permit)
+        return Dialed(up, text, egress, True, rule, permit)
     return Attempt(route, egress, permit)  # a new connection is needed: dial() makes it
 
 
@@ -447,7 +433,7 @@ async def dial(
 
     first_choice, first_permit = attempt.egress, attempt.permit
     last: UpstreamError | None = None
-    for address, rule in route:
+    for address, text, rule in route:
         tried: set[str] = set()
         while True:
             if first_choice is not None:
@@ -455,7 +441,7 @@ async def dial(
                 first_choice = None
             else:
                 egress = _choose(rt, health, client, host, _family(address), tried)
-            key: PoolKey = (egress.bind, address, port, tls.server_name if tls else "")
+            key: PoolKey = (egress.bind_text, text, port, tls.server_name if tls else "")
             if first_permit is not None:
                 permit: Permit | None = first_permit
                 first_permit = None
@@ -464,7 +450,7 @@ async def dial(
             if not tunnel:
                 up = upstreams.take(key)
                 if up is not None:
-                    return Dialed(up, address, egress, True, rule, permit)
+                    return Dialed(up, text, egress, True, rule, permit)
             started = time.perf_counter()
             try:
                 up = await connect(
@@ -489,6 +475,6 @@ async def dial(
                 _release(permit)
                 raise
             metrics.observe_connect(egress.bind_text, time.perf_counter() - started)
-            return Dialed(up, address, egress, False, rule, permit)
+            return Dialed(up, text, egress, False, rule, permit)
     assert last is not None
     raise Refused(Decision(last.reason), last.detail)

@@ -19,8 +19,9 @@ from fixedip.policy.decision import Reason
 from fixedip.proto.http1 import ResponseParser
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-# (egress bind, destination address, port, TLS server name or "" for plain TCP)
-PoolKey = tuple[IPAddress, IPAddress, int, str]
+# (egress bind, destination address, port, TLS server name or "" for plain TCP), the
+# addresses as canonical text: a str hashes in C, an ipaddress object in Python.
+PoolKey = tuple[str, str, int, str]
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
@@ -230,14 +231,14 @@ async def connect(
     """A new connection from egress `key[0]` to `key[1]:key[2]`; with `ssl_context`,
     TLS to server name `key[3]`, the certificate verified (route mode)."""
     bind, address, port, server_name = key
-    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            sock.bind((str(bind), 0))
+            sock.bind((bind, 0))
         except OSError as exc:
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise EgressDown(f"egress {bind} is not assigned to this host") from None
@@ -245,7 +246,7 @@ async def connect(
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout_s):
-                await loop.sock_connect(sock, (str(address), port))
+                await loop.sock_connect(sock, (address, port))
         except TimeoutError:
             raise UpstreamError(
                 Reason.UPSTREAM_TIMEOUT, f"connect to {address}:{port} timed out"

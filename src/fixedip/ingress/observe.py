@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fixedip.observe.flowlog import FlowRecord
+from fixedip.observe.flowlog import FlowRecord, encode_fields
 
 ACK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -40,8 +40,11 @@ class WebhookRecord(FlowRecord):
         """`allow` for an accepted receipt or a delivered attempt, else `deny`."""
         return "allow" if self.reason in (ACCEPTED, DUPLICATE, DELIVERED) else "deny"
 
-    def _fields(self) -> dict[str, Any]:
-        fields = FlowRecord._fields(self)
+    def to_json(self) -> str:
+        return encode_fields(self.fields())
+
+    def fields(self) -> dict[str, Any]:
+        fields = FlowRecord.fields(self)
         fields["decision"] = self.decision
         fields["delivery_id"] = self.delivery_id
         fields["route"] = self.route

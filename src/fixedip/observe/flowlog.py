@@ -59,10 +59,25 @@ class FlowRecord:
         return "allow" if self.reason == Reason.ALLOWED else "deny"
 
     def to_json(self) -> str:
-        """One JSON line (without the newline) with exactly the documented keys."""
-        return _ENCODE(self._fields())
+        """One JSON line (without the newline) with exactly the documented keys.
 
-    def _fields(self) -> dict[str, Any]:
+        Written out field by field: a dict handed to json's encoder cost twice as much,
+        and this runs for every request (tests compare it with `json.dumps(fields())`)."""
+        s, n = _json_str, _json_int
+        return (
+            f'{{"time":"{_iso_utc_ms(self.start)}","client":{s(self.client)},'
+            f'"peer":{s(self.peer)},"listener":{s(self.listener)},"kind":{s(self.kind)},'
+            f'"method":{s(self.method)},"host":{s(self.host)},"port":{n(self.port)},'
+            f'"resolved":{s(self.resolved)},"egress":{s(self.egress)},'
+            f'"egress_public":{s(self.egress_public)},"status":{n(self.status)},'
+            f'"bytes_up":{int(self.bytes_up)},"bytes_down":{int(self.bytes_down)},'
+            f'"duration_ms":{float(round(self.duration_s * 1000.0, 1))!r},'
+            f'"decision":"{self.decision}","reason":{s(str(self.reason))},'
+            f'"rule":{s(self.rule)}}}'
+        )
+
+    def fields(self) -> dict[str, Any]:
+        """The record as the flow log's JSON object."""
         return {
             "time": _iso_utc_ms(self.start),
             "client": self.client,
@@ -85,8 +100,19 @@ class FlowRecord:
         }
 
 
+_ESCAPE = json.encoder.encode_basestring_ascii
 # json.dumps(separators=...) builds a new encoder per call; one shared encoder does not.
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+encode_fields = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _json_str(value: str | None) -> str:
+    return "null" if value is None else _ESCAPE(value)
+
+
+def _json_int(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
+
+
 _second_cache: tuple[int, str] = (-1, "")
 
 
