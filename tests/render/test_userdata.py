@@ -8,6 +8,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,10 @@ STUBS = {
         "  */api/token) echo token ;;\n"
         "  */meta-data/mac) echo 0a:00:00:00:00:01 ;;\n"
         "  */meta-data/instance-id) echo i-0123456789abcdef0 ;;\n"
-        "  */ipv4-associations/) printf '%s\\n' @PUBLICS@ ;;\n"
+        # the first listing may differ (@FIRST@): an association made while we wait
+        "  */ipv4-associations/)\n"
+        "    if [ -e \"@SEEN@\" ]; then printf '%s\\n' @PUBLICS@;\n"
+        "    else touch \"@SEEN@\"; printf '%s\\n' @FIRST@; fi ;;\n"
         '  */ipv4-associations/*) case "${url##*/}" in @CASES@ esac ;;\n'
         "  *) exit 22 ;;\n"
         "esac\n"
@@ -66,7 +70,12 @@ VALUES = {
     "RedisHost": "fleet.redis.internal",
     "RedisSecret": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:fleet-redis",
     "FloatingEips": "eipalloc-0abc12345678 eipalloc-0def12345678",
+    "FloatingPublicIps": "198.18.0.20 198.18.0.21",
 }
+FLOATING_PUBLICS = VALUES["FloatingPublicIps"].split()
+# Gateway 2 of `ips=2, floating=2`: .10 and .11 of the second public subnet carry its
+# own EIPs, .12 and .13 are its spare addresses, one per floating EIP.
+SPARE = ["10.42.16.12", "10.42.16.13"]
 
 
 def cloudformation_script(
@@ -100,23 +109,33 @@ def terraform_script(values: dict[str, str], option: str = "fixedip-vm", **param
         "aws_elasticache_replication_group.fleet.primary_endpoint_address": "RedisHost",
         "aws_secretsmanager_secret.redis.arn": "RedisSecret",
         'join(" ", aws_eip.floating[*].allocation_id)': "FloatingEips",
+        'join(" ", aws_eip.floating[*].public_ip)': "FloatingPublicIps",
     }
     script = re.sub(r"(?<!\$)\$\{([^}]+)\}", lambda m: values[names[m.group(1)]], script)
     return script.replace("$${", "${").replace("%%{", "%{")
 
 
-def run_bootstrap(script: str, root: Path) -> list[str]:
-    """Run `script` with its absolute paths moved under `root`; returns the stubs' calls."""
+def run_bootstrap(
+    script: str,
+    root: Path,
+    associations: dict[str, str] = ASSOCIATIONS,
+    first_listing: list[str] | None = None,
+) -> list[str]:
+    """Run `script` with its absolute paths moved under `root`; returns the stubs' calls.
+    The stand-in metadata lists `associations` (public -> private), or `first_listing`
+    the first time it is asked."""
     for path in PATHS:
         script = script.replace(path, f"{root}{path}")
     (root / "etc/systemd/system").mkdir(parents=True)  # exists on every instance
     bin_dir = root / "bin"
     bin_dir.mkdir(parents=True)
     log = root / "calls.log"
-    cases = " ".join(f"{public}) echo {private} ;;" for public, private in ASSOCIATIONS.items())
+    cases = " ".join(f"{public}) echo {private} ;;" for public, private in associations.items())
+    first = associations if first_listing is None else first_listing
     for name, body in STUBS.items():
         text = (STUB_HEAD + body).replace("@LOG@", str(log)).replace("@FIXEDIP@", str(FIXEDIP))
-        text = text.replace("@PUBLICS@", " ".join(ASSOCIATIONS)).replace("@CASES@", cases)
+        text = text.replace("@PUBLICS@", " ".join(associations)).replace("@CASES@", cases)
+        text = text.replace("@FIRST@", " ".join(first)).replace("@SEEN@", str(root / "seen"))
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     (root / "user-data.sh").write_text(script)
@@ -215,6 +234,87 @@ def test_fleet_bootstrap_joins_the_fleet_with_a_spare_address_per_floating_eip(
     # has a spare address for each floating EIP, so it can carry both if the other dies
     assert [str(ip) for ip in config.fleet.aws.addresses] == ["10.42.16.12", "10.42.16.13"]
     assert any(c.startswith("aws secretsmanager get-secret-value") for c in calls)
+
+
+def fleet_egress(root: Path) -> list[tuple[str, str]]:
+    """(bind, public) of each egress.ips entry the bootstrap wrote, read with fixedip's
+    loader; the raw TOML must agree and repeat no address."""
+    config_file = root / "etc/fixedip/fixedip.toml"
+    raw = tomllib.loads(config_file.read_text())["egress"]["ips"]
+    config = parse(config_file.read_text(), str(config_file))
+    pairs = [(str(ip.bind), str(ip.public)) for ip in config.egress.ips]
+    assert pairs == [(entry["bind"], entry["public"]) for entry in raw]
+    assert len({bind for bind, _ in pairs}) == len({public for _, public in pairs}) == len(pairs)
+    # the pairing the fleet associates: floating EIP i onto private_ips[i]
+    assert config.fleet is not None and config.fleet.aws is not None
+    assert [str(ip) for ip in config.fleet.aws.addresses] == SPARE
+    assert config.fleet.aws.floating_eips == VALUES["FloatingEips"].split()
+    return pairs
+
+
+def fleet_script() -> str:
+    return cloudformation_script(VALUES, "fixedip-ha", "Gateway2Instance", ips=2, floating=2)
+
+
+def test_a_fleet_member_may_leave_as_each_floating_eip_from_its_spare_address(
+    tmp_path: Path,
+) -> None:
+    calls = run_bootstrap(fleet_script(), tmp_path)
+    own = [(private, public) for public, private in ASSOCIATIONS.items()]
+    assert fleet_egress(tmp_path) == own + list(zip(SPARE, FLOATING_PUBLICS, strict=True))
+    (selfsigned,) = [c for c in calls if c.startswith("fixedip tls selfsigned")]
+    words = shlex.split(selfsigned)
+    ips = [words[i + 1] for i, word in enumerate(words) if word == "--ip"]
+    # clients may reach the fleet through a floating IP, whichever member holds it
+    assert sorted(ips) == sorted([*ASSOCIATIONS, *ASSOCIATIONS.values(), *FLOATING_PUBLICS])
+    assert not any(c.startswith("sleep") for c in calls)
+
+
+def test_after_a_reboot_floating_eips_already_here_are_neither_own_nor_listed_twice(
+    tmp_path: Path,
+) -> None:
+    """The member held floating EIP 2 (on its first spare address) when it rebooted, and
+    a stale address sits on its other spare one; one own EIP is not associated yet."""
+    (own_1, private_1), (own_2, private_2) = ASSOCIATIONS.items()
+    held = {FLOATING_PUBLICS[1]: SPARE[0], "198.18.0.99": SPARE[1]}
+    calls = run_bootstrap(
+        fleet_script(),
+        tmp_path,
+        associations={**ASSOCIATIONS, **held},
+        first_listing=[own_1, *held],
+    )
+    # the two associations on spare addresses did not stand in for the missing own EIP
+    assert [c for c in calls if c.startswith("sleep")] == ["sleep 5"]
+    # a floating EIP is known by its public IP: the script never looks up where it sits
+    assert not any(c.startswith("curl") and c.endswith(FLOATING_PUBLICS[1]) for c in calls)
+    assert fleet_egress(tmp_path) == [
+        (private_1, own_1),
+        (private_2, own_2),
+        (SPARE[0], FLOATING_PUBLICS[0]),
+        (SPARE[1], FLOATING_PUBLICS[1]),
+    ]
+
+
+def test_the_fleet_renders_hand_each_member_the_floating_public_ips_in_eip_order() -> None:
+    params = RenderParams(ips=1, floating=3)
+    rendered = render("fixedip-ha", "cloudformation", params)
+    template = yaml.safe_load(rendered.files["template.yaml"])
+    floating = ["FloatingEip1", "FloatingEip2", "FloatingEip3"]
+    for gateway in ("Gateway1Instance", "Gateway2Instance"):
+        user_data = template["Resources"][gateway]["Properties"]["UserData"]
+        _, variables = user_data["Fn::Base64"]["Fn::Sub"]
+        assert variables["FloatingPublicIps"] == {
+            "Fn::Join": [" ", [{"Fn::GetAtt": [eip, "PublicIp"]} for eip in floating]]
+        }
+        assert variables["FloatingEips"] == {
+            "Fn::Join": [" ", [{"Fn::GetAtt": [eip, "AllocationId"]} for eip in floating]]
+        }
+    main_tf = render("fixedip-ha", "terraform", params).files["main.tf"].decode()
+    scripts = re.findall(r"user_data += <<-EOT\n(.*?)\n +EOT\n", main_tf, re.S)
+    assert len(scripts) == 2
+    for script in scripts:
+        assert "FLOATING_EIPS='${join(\" \", aws_eip.floating[*].allocation_id)}'" in script
+        assert "FLOATING_PUBLIC_IPS='${join(\" \", aws_eip.floating[*].public_ip)}'" in script
 
 
 @pytest.mark.parametrize("bad", ['x" ; rm -rf /', "a'b", "$(reboot)", "`id`"])

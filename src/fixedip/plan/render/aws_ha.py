@@ -196,7 +196,9 @@ def _tf_redis() -> list[hcl.Block]:
 
 def terraform(params: RenderParams) -> str:
     gateways = _gateways(params)
+    # The same order in all three lists: floating EIP i goes to spare address i.
     floating_ids = 'join(" ", aws_eip.floating[*].allocation_id)'
+    floating_publics = 'join(" ", aws_eip.floating[*].public_ip)'
     blocks = [
         *tf_preamble(params, {"random": {"source": "hashicorp/random", "version": ">= 3.5"}}),
         *tf_inputs(params),
@@ -231,6 +233,7 @@ def terraform(params: RenderParams) -> str:
             "REDIS_SECRET": Expr("aws_secretsmanager_secret.redis.arn"),
             "FLOATING_PRIVATE_IPS": " ".join(addresses[params.ips :]),
             "FLOATING_EIPS": Expr(floating_ids),
+            "FLOATING_PUBLIC_IPS": Expr(floating_publics),
         }
         blocks += tf_gateway(
             index,
@@ -405,7 +408,9 @@ def cloudformation(params: RenderParams) -> str:
                 "Tags": cfn_tags(params, f"{params.name}-floating-{n + 1}") + fleet_tag,
             },
         }
+    # The same order in all three lists: floating EIP i goes to spare address i.
     floating_ids = {"Fn::Join": [" ", [{"Fn::GetAtt": [f, "AllocationId"]} for f in floating]]}
+    floating_publics = {"Fn::Join": [" ", [{"Fn::GetAtt": [f, "PublicIp"]} for f in floating]]}
     own: list[str] = []
     for index, addresses in gateways:
         values = {
@@ -414,6 +419,7 @@ def cloudformation(params: RenderParams) -> str:
             "REDIS_SECRET": {"Ref": "RedisAuthToken"},
             "FLOATING_PRIVATE_IPS": " ".join(addresses[params.ips :]),
             "FLOATING_EIPS": floating_ids,
+            "FLOATING_PUBLIC_IPS": floating_publics,
         }
         resources.update(
             cfn_gateway(

@@ -6,6 +6,11 @@ associated (the instance metadata lists each public IP with the private address 
 /etc/fixedip/fixedip.toml with `listen.https` and `[tls]`, and starts fixedip as a
 hardened systemd service. The plain listeners stay on loopback.
 
+A fleet member (`fixedip-ha`) also lists each floating Elastic IP in egress.ips, paired
+with its spare private address (EIP i with address i, as `[fleet.aws]` associates them);
+fixedip uses such a pair only while that EIP is associated here. The metadata may
+already list a floating EIP (a reboot): it is not counted as one of the member's own.
+
 The script is written once with `@@NAME@@` placeholders; `for_terraform` and
 `for_cloudformation` turn them into `${...}` interpolations of each language. The shell
 code itself never uses `${`, so neither language needs to escape anything in it.
@@ -43,6 +48,22 @@ CLIENT_NAME='@@CLIENT_NAME@@'
 CLIENT_TOKEN_HASH='@@CLIENT_TOKEN_HASH@@'
 ALLOW='@@ALLOW@@'
 FIXEDIP_VERSION='@@FIXEDIP_VERSION@@'
+"""
+
+# Three lists in the same order: floating EIP i (allocation id, public IP) goes to spare
+# private address i, here and in [fleet.aws].
+_FLOATING = """\
+FLOATING_PRIVATE_IPS='@@FLOATING_PRIVATE_IPS@@'
+FLOATING_EIPS='@@FLOATING_EIPS@@'
+FLOATING_PUBLIC_IPS='@@FLOATING_PUBLIC_IPS@@'
+"""
+
+_NOT_FLOATING = """\
+FLOATING_PRIVATE_IPS=''
+FLOATING_PUBLIC_IPS=''
+"""
+
+_BODY = """\
 
 dnf install -y python3.11 python3.11-pip
 id fixedip >/dev/null 2>&1 \\
@@ -58,23 +79,43 @@ imds() {
     http://169.254.169.254/latest/api/token)
   curl -sf -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1"
 }
+listed() { case " $2 " in *" $1 "*) return 0 ;; esac; return 1; }
+# "public private" per Elastic IP of this instance's own; a floating EIP (or anything on
+# a spare address) is the fleet's, even when a reboot finds it associated here.
+own_eips() {
+  local public private
+  for public in $(imds "network/interfaces/macs/$MAC/ipv4-associations/" || true); do
+    listed "$public" "$FLOATING_PUBLIC_IPS" && continue
+    private=$(imds "network/interfaces/macs/$MAC/ipv4-associations/$public") || continue
+    listed "$private" "$FLOATING_PRIVATE_IPS" && continue
+    echo "$public $private"
+  done
+}
 MAC=$(imds mac)
 INSTANCE_ID=$(imds instance-id)
-PUBLICS=""
+OWN=""
 for attempt in $(seq 1 120); do
-  PUBLICS=$(imds "network/interfaces/macs/$MAC/ipv4-associations/" || true)
-  [ "$(printf '%s\\n' "$PUBLICS" | grep -c .)" -ge "$EXPECTED_IPS" ] && break
+  OWN=$(own_eips)
+  [ "$(printf '%s\\n' "$OWN" | grep -c .)" -ge "$EXPECTED_IPS" ] && break
   echo "fixedip bootstrap: waiting for $EXPECTED_IPS Elastic IP(s), attempt $attempt"
   sleep 5
 done
-[ -n "$PUBLICS" ] || { echo "fixedip bootstrap: no Elastic IP associated" >&2; exit 1; }
+[ -n "$OWN" ] || { echo "fixedip bootstrap: no Elastic IP associated" >&2; exit 1; }
 
 EGRESS=""
 CERT_IPS=""
-for public in $PUBLICS; do
-  private=$(imds "network/interfaces/macs/$MAC/ipv4-associations/$public")
+while read -r public private; do
   EGRESS="$EGRESS{ bind = \\"$private\\", public = \\"$public\\" }, "
   CERT_IPS="$CERT_IPS --ip $public --ip $private"
+done <<< "$OWN"
+# Floating EIP i leaves from spare address i while this member holds it (fixedip withholds
+# the pair otherwise); clients may reach the fleet through any floating IP.
+set -- $FLOATING_PRIVATE_IPS
+for public in $FLOATING_PUBLIC_IPS; do
+  [ "$#" -gt 0 ] || break
+  EGRESS="$EGRESS{ bind = \\"$1\\", public = \\"$public\\" }, "
+  CERT_IPS="$CERT_IPS --ip $public"
+  shift
 done
 ALLOW_TOML=""
 for rule in $ALLOW; do ALLOW_TOML="$ALLOW_TOML\\"$rule\\", "; done
@@ -130,8 +171,6 @@ _FLEET = """\
 # at a time, associated with this gateway's spare private address while it holds one.
 REDIS_HOST='@@REDIS_HOST@@'
 REDIS_SECRET='@@REDIS_SECRET@@'
-FLOATING_PRIVATE_IPS='@@FLOATING_PRIVATE_IPS@@'
-FLOATING_EIPS='@@FLOATING_EIPS@@'
 aws secretsmanager get-secret-value --region "$REGION" --secret-id "$REDIS_SECRET" \\
   --query SecretString --output text > /etc/fixedip/redis-password
 chgrp fixedip /etc/fixedip/redis-password
@@ -188,7 +227,8 @@ systemctl enable --now fixedip.service
 
 def script(fleet: bool = False) -> str:
     """The bootstrap with `@@NAME@@` placeholders (see `placeholders`)."""
-    text = _HEAD + (_FLEET if fleet else "") + _TAIL
+    text = _HEAD + (_FLOATING if fleet else _NOT_FLOATING) + _BODY
+    text += (_FLEET if fleet else "") + _TAIL
     assert "${" not in text, "the bootstrap must not use ${ (both templating languages own it)"
     return text
 
