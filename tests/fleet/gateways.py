@@ -7,15 +7,18 @@ import os
 import signal
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fleet.servers import AWS_ENV, MotoServer
 from tests.helpers import ALLOWED_EGRESS, OTHER_EGRESS, VendorServer, token_hash
 from tests.serve import ServeProcess, write_config
 
 VENDOR = "vendor.test"
+FAILOVER_TARGET_S = 10.0  # issue 13: traffic leaves from the IP again within 10 s
 
 
 def member_config(
@@ -46,6 +49,53 @@ def member_config(
             "member_ttl_s": 1.0,
             **fleet,
         },
+    }
+
+
+@dataclass
+class FleetAws:
+    """Two instances and the fleet's floating EIPs in a moto server."""
+
+    ec2: Any  # a boto3 EC2 client for moto
+    instances: list[str]
+    eips: list[str]  # allocation ids, in `floating_eips` order
+    ips: list[str]  # their public IPs, in the same order
+
+    def holders(self) -> dict[str, str | None]:
+        """Allocation id -> the instance it is associated with in moto (None: none)."""
+        found = self.ec2.describe_addresses(AllocationIds=self.eips)["Addresses"]
+        return {a["AllocationId"]: a.get("InstanceId") or None for a in found}
+
+    def holder(self, index: int = 0) -> str | None:
+        """The instance floating EIP `index` is associated with, if any."""
+        return self.holders()[self.eips[index]]
+
+
+def make_aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, eips: int) -> FleetAws:
+    """Two instances and `eips` Elastic IPs in moto; the members (started after this)
+    get moto's credentials from the environment."""
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    ec2 = moto.ec2()
+    reply = ec2.run_instances(ImageId="ami-12c6146b", MinCount=2, MaxCount=2)
+    allocated = [ec2.allocate_address(Domain="vpc") for _ in range(eips)]
+    return FleetAws(
+        ec2=ec2,
+        instances=[i["InstanceId"] for i in reply["Instances"]],
+        eips=[e["AllocationId"] for e in allocated],
+        ips=[e["PublicIp"] for e in allocated],
+    )
+
+
+def fleet_aws(moto: MotoServer, aws: FleetAws, index: int, **keys: Any) -> dict[str, Any]:
+    """The `[fleet.aws]` section of the member on instance `index`, with every floating
+    EIP; `keys` adds `private_ip(s)`."""
+    return {
+        "region": "eu-west-1",
+        "endpoint_url": moto.url,
+        "instance_id": aws.instances[index],
+        "floating_eips": aws.eips,
+        **keys,
     }
 
 

@@ -13,30 +13,25 @@ from typing import Any
 import pytest
 
 from fixedip.client import Gateway
-from tests.fleet.gateways import VENDOR, Member, member_config
-from tests.fleet.servers import AWS_ENV, MotoServer, RedisServer
+from tests.fleet.gateways import (
+    FAILOVER_TARGET_S,
+    VENDOR,
+    FleetAws,
+    Member,
+    fleet_aws,
+    make_aws,
+    member_config,
+)
+from tests.fleet.servers import MotoServer, RedisServer
 from tests.fleet.test_gateways import wait_until
 from tests.helpers import ALLOWED_EGRESS, OTHER_EGRESS, DNSServer, VendorServer
 from tests.serve import FIXEDIP
 
-FAILOVER_TARGET_S = 10.0  # issue 13: traffic leaves from the IP again within 10 s
-
 
 @pytest.fixture
-def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Two instances and one EIP in moto; the members get AWS credentials for moto."""
-    for name, value in AWS_ENV.items():
-        monkeypatch.setenv(name, value)
-    ec2 = moto.ec2()
-    reply = ec2.run_instances(ImageId="ami-12c6146b", MinCount=2, MaxCount=2)
-    instances = [i["InstanceId"] for i in reply["Instances"]]
-    eip = ec2.allocate_address(Domain="vpc")
-    return {"ec2": ec2, "instances": instances, "eip": eip["AllocationId"], "ip": eip["PublicIp"]}
-
-
-def holder(aws: dict[str, Any]) -> str | None:
-    found = aws["ec2"].describe_addresses(AllocationIds=[aws["eip"]])["Addresses"]
-    return found[0].get("InstanceId") if found else None
+def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> FleetAws:
+    """Two instances and one floating EIP in moto."""
+    return make_aws(moto, monkeypatch, eips=1)
 
 
 def start_pair(
@@ -45,26 +40,18 @@ def start_pair(
     redis: RedisServer,
     dns: DNSServer,
     moto: MotoServer,
-    aws: dict[str, Any],
+    aws: FleetAws,
     floating_egress: str | None = None,
 ) -> dict[str, Member]:
     members = {}
-    for name, egress, instance in (
-        ("gw-a", ALLOWED_EGRESS, aws["instances"][0]),
-        ("gw-b", OTHER_EGRESS, aws["instances"][1]),
-    ):
+    for index, (name, egress) in enumerate((("gw-a", ALLOWED_EGRESS), ("gw-b", OTHER_EGRESS))):
         config = member_config(tmp_path, name, egress, redis.url, dns.port, eip_lease_s=1.5)
-        config["fleet"]["aws"] = {
-            "region": "eu-west-1",
-            "endpoint_url": moto.url,
-            "instance_id": instance,
-            "floating_eips": [aws["eip"]],
-        }
+        config["fleet"]["aws"] = fleet_aws(moto, aws, index)
         if floating_egress is not None:  # both may bind it on loopback; only the holder should
             config["fleet"]["aws"]["private_ip"] = floating_egress
-            config["egress"]["ips"].append({"bind": floating_egress, "public": aws["ip"]})
-        members[instance] = fleet_members(config)
-    wait_until(lambda: holder(aws) in members, 10, "the floating EIP got a holder")
+            config["egress"]["ips"].append({"bind": floating_egress, "public": aws.ips[0]})
+        members[aws.instances[index]] = fleet_members(config)
+    wait_until(lambda: aws.holder() in members, 10, "the floating EIP got a holder")
     return members
 
 
@@ -74,13 +61,13 @@ def test_one_member_holds_the_floating_eip_and_fixedip_ips_lists_it(
     redis_server: RedisServer,
     dns: DNSServer,
     moto: MotoServer,
-    aws: dict[str, Any],
+    aws: FleetAws,
 ) -> None:
     members = start_pair(tmp_path, fleet_members, redis_server, dns, moto, aws)
-    owner = members[holder(aws) or ""]
+    owner = members[aws.holder() or ""]
     held = [m for m in members.values() if m.fleet()["floating_eips"]]
     assert held == [owner]
-    assert owner.fleet()["floating_eips"][0]["public"] == aws["ip"]
+    assert owner.fleet()["floating_eips"][0]["public"] == aws.ips[0]
 
 
 def test_a_killed_holders_eip_moves_to_the_survivor_and_sdk_traffic_continues(
@@ -89,11 +76,11 @@ def test_a_killed_holders_eip_moves_to_the_survivor_and_sdk_traffic_continues(
     redis_server: RedisServer,
     dns: DNSServer,
     moto: MotoServer,
-    aws: dict[str, Any],
+    aws: FleetAws,
     both_vendor: VendorServer,
 ) -> None:
     members = start_pair(tmp_path, fleet_members, redis_server, dns, moto, aws)
-    dead_instance = holder(aws)
+    dead_instance = aws.holder()
     assert dead_instance is not None
     dead = members[dead_instance]
     survivor_instance = next(i for i in members if i != dead_instance)
@@ -103,11 +90,11 @@ def test_a_killed_holders_eip_moves_to_the_survivor_and_sdk_traffic_continues(
         assert session.get(url, timeout=5).status_code == 200
         dead.kill()
         took = wait_until(
-            lambda: holder(aws) == survivor_instance, FAILOVER_TARGET_S, "EIP failover"
+            lambda: aws.holder() == survivor_instance, FAILOVER_TARGET_S, "EIP failover"
         )
         print(f"floating EIP moved in {took:.1f} s")
         assert session.get(url, timeout=5).status_code == 200
-    assert members[survivor_instance].fleet()["floating_eips"][0]["allocation"] == aws["eip"]
+    assert members[survivor_instance].fleet()["floating_eips"][0]["allocation"] == aws.eips[0]
 
 
 def test_sigterm_hands_the_eip_to_a_peer_before_exiting(
@@ -116,10 +103,10 @@ def test_sigterm_hands_the_eip_to_a_peer_before_exiting(
     redis_server: RedisServer,
     dns: DNSServer,
     moto: MotoServer,
-    aws: dict[str, Any],
+    aws: FleetAws,
 ) -> None:
     members = start_pair(tmp_path, fleet_members, redis_server, dns, moto, aws)
-    leaving_instance = holder(aws)
+    leaving_instance = aws.holder()
     assert leaving_instance is not None
     leaving = members[leaving_instance]
     peer_instance = next(i for i in members if i != leaving_instance)
@@ -128,7 +115,7 @@ def test_sigterm_hands_the_eip_to_a_peer_before_exiting(
     assert any("handed to gw-" in line for line in leaving.process.stderr), "\n".join(
         leaving.process.stderr
     )
-    wait_until(lambda: holder(aws) == peer_instance, FAILOVER_TARGET_S, "EIP handoff")
+    wait_until(lambda: aws.holder() == peer_instance, FAILOVER_TARGET_S, "EIP handoff")
 
 
 def test_fixedip_ips_prints_every_static_and_floating_ip_of_the_fleet(
@@ -137,7 +124,7 @@ def test_fixedip_ips_prints_every_static_and_floating_ip_of_the_fleet(
     redis_server: RedisServer,
     dns: DNSServer,
     moto: MotoServer,
-    aws: dict[str, Any],
+    aws: FleetAws,
 ) -> None:
     start_pair(tmp_path, fleet_members, redis_server, dns, moto, aws)
     reply = subprocess.run(
@@ -148,9 +135,9 @@ def test_fixedip_ips_prints_every_static_and_floating_ip_of_the_fleet(
     )
     assert reply.returncode == 0, reply.stderr
     data = json.loads(reply.stdout)
-    assert set(data["ips"]) == {ALLOWED_EGRESS, OTHER_EGRESS, aws["ip"]}
+    assert set(data["ips"]) == {ALLOWED_EGRESS, OTHER_EGRESS, aws.ips[0]}
     kinds = {d["ip"]: d["kind"] for d in data["details"]}
-    assert kinds[aws["ip"]] == "floating" and kinds[OTHER_EGRESS] == "static"
+    assert kinds[aws.ips[0]] == "floating" and kinds[OTHER_EGRESS] == "static"
 
 
 def test_fixedip_status_shows_one_table_for_the_fleet(
@@ -159,7 +146,7 @@ def test_fixedip_status_shows_one_table_for_the_fleet(
     redis_server: RedisServer,
     dns: DNSServer,
     moto: MotoServer,
-    aws: dict[str, Any],
+    aws: FleetAws,
 ) -> None:
     members = start_pair(tmp_path, fleet_members, redis_server, dns, moto, aws)
     any_member = next(iter(members.values()))
@@ -172,7 +159,7 @@ def test_fixedip_status_shows_one_table_for_the_fleet(
         env={**os.environ, "COLUMNS": "200"},
     )
     assert reply.returncode == 0, reply.stdout + reply.stderr
-    for text in ("gw-a", "gw-b", ALLOWED_EGRESS, OTHER_EGRESS, aws["eip"], "floating, held"):
+    for text in ("gw-a", "gw-b", ALLOWED_EGRESS, OTHER_EGRESS, aws.eips[0], "floating, held"):
         assert text in reply.stdout
 
 
@@ -194,7 +181,7 @@ def test_the_floating_address_is_an_egress_ip_only_on_the_holder(
     redis_server: RedisServer,
     dns: DNSServer,
     moto: MotoServer,
-    aws: dict[str, Any],
+    aws: FleetAws,
 ) -> None:
     floating = "127.0.0.12"
     members = start_pair(tmp_path, fleet_members, redis_server, dns, moto, aws, floating)
@@ -203,14 +190,14 @@ def test_the_floating_address_is_an_egress_ip_only_on_the_holder(
         _, body = member.admin("/egress")
         return next(ip for ip in json.loads(body)["egress"] if ip["bind"] == floating)
 
-    owner_instance = holder(aws)
+    owner_instance = aws.holder()
     owner = members[owner_instance or ""]
     other_instance = next(i for i in members if i != owner_instance)
     other = members[other_instance]
     wait_until(lambda: state_of(owner)["state"] == "up", 5, "the holder uses the floating IP")
-    assert state_of(owner)["public"] == aws["ip"]
+    assert state_of(owner)["public"] == aws.ips[0]
     assert state_of(other)["state"] == "down"
     assert "held by another fleet member" in state_of(other)["reason"]
     owner.kill()
-    wait_until(lambda: holder(aws) == other_instance, FAILOVER_TARGET_S, "EIP failover")
+    wait_until(lambda: aws.holder() == other_instance, FAILOVER_TARGET_S, "EIP failover")
     wait_until(lambda: state_of(other)["state"] == "up", 5, "the new holder uses it")

@@ -13,37 +13,27 @@ from typing import Any
 
 import pytest
 
-from tests.fleet.gateways import Member, member_config
-from tests.fleet.servers import AWS_ENV, MotoServer, RedisServer
+from tests.fleet.gateways import (
+    FAILOVER_TARGET_S,
+    FleetAws,
+    Member,
+    fleet_aws,
+    make_aws,
+    member_config,
+)
+from tests.fleet.servers import MotoServer, RedisServer
 from tests.fleet.test_gateways import wait_until
 from tests.helpers import ALLOWED_EGRESS, OTHER_EGRESS, DNSServer
 from tests.serve import FIXEDIP
 
-FAILOVER_TARGET_S = 10.0
 FLOATING = ["127.0.0.12", "127.0.0.13"]  # each member's addresses for floating EIPs
 
 
 @pytest.fixture
-def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Two instances and two EIPs in moto; moto records the requests it gets."""
-    for name, value in AWS_ENV.items():
-        monkeypatch.setenv(name, value)
+def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> FleetAws:
+    """Two instances and two floating EIPs in moto; moto records the requests it gets."""
     moto.record()
-    ec2 = moto.ec2()
-    reply = ec2.run_instances(ImageId="ami-12c6146b", MinCount=2, MaxCount=2)
-    eips = [ec2.allocate_address(Domain="vpc") for _ in range(2)]
-    return {
-        "ec2": ec2,
-        "instances": [i["InstanceId"] for i in reply["Instances"]],
-        "eips": [e["AllocationId"] for e in eips],
-        "ips": [e["PublicIp"] for e in eips],
-    }
-
-
-def holders(aws: dict[str, Any]) -> dict[str, str | None]:
-    """Allocation id -> the instance it is associated with in moto (None: none)."""
-    found = aws["ec2"].describe_addresses(AllocationIds=aws["eips"])["Addresses"]
-    return {a["AllocationId"]: a.get("InstanceId") or None for a in found}
+    return make_aws(moto, monkeypatch, eips=2)
 
 
 def start(
@@ -52,22 +42,16 @@ def start(
     redis: RedisServer,
     dns: DNSServer,
     moto: MotoServer,
-    aws: dict[str, Any],
+    aws: FleetAws,
     index: int,
     aws_keys: dict[str, Any],
     floating_egress: bool = False,
 ) -> Member:
     name, egress = (("gw-a", ALLOWED_EGRESS), ("gw-b", OTHER_EGRESS))[index]
     config = member_config(tmp_path, name, egress, redis.url, dns.port, eip_lease_s=1.5)
-    config["fleet"]["aws"] = {
-        "region": "eu-west-1",
-        "endpoint_url": moto.url,
-        "instance_id": aws["instances"][index],
-        "floating_eips": aws["eips"],
-        **aws_keys,
-    }
+    config["fleet"]["aws"] = fleet_aws(moto, aws, index, **aws_keys)
     if floating_egress:  # EIP i leaves from address i: the pairing private_ips keeps
-        for bind, public in zip(FLOATING, aws["ips"], strict=True):
+        for bind, public in zip(FLOATING, aws.ips, strict=True):
             config["egress"]["ips"].append({"bind": bind, "public": public})
     member: Member = fleet_members(config)
     return member
@@ -85,7 +69,7 @@ def test_a_member_holds_several_eips_each_on_its_own_private_address(
     redis_server: RedisServer,
     dns: DNSServer,
     moto: MotoServer,
-    aws: dict[str, Any],
+    aws: FleetAws,
 ) -> None:
     """Two members share two EIPs; when one dies the survivor holds both, each associated
     with its own private address (the AssociateAddress calls moto received say so), and
@@ -93,29 +77,29 @@ def test_a_member_holds_several_eips_each_on_its_own_private_address(
     keys = {"private_ips": FLOATING}
     args = (tmp_path, fleet_members, redis_server, dns, moto, aws)
     members = [start(*args, i, keys, floating_egress=True) for i in (0, 1)]
-    by_instance = dict(zip(aws["instances"], members, strict=True))
-    wait_until(lambda: all(holders(aws).values()), 10, "both EIPs got a holder")
-    victim = by_instance[holders(aws)[aws["eips"][0]] or ""]
+    by_instance = dict(zip(aws.instances, members, strict=True))
+    wait_until(lambda: all(aws.holders().values()), 10, "both EIPs got a holder")
+    victim = by_instance[aws.holder(0) or ""]
     survivor_instance = next(i for i, m in by_instance.items() if m is not victim)
     survivor = by_instance[survivor_instance]
     victim.kill()
     wait_until(
-        lambda: set(holders(aws).values()) == {survivor_instance},
+        lambda: set(aws.holders().values()) == {survivor_instance},
         FAILOVER_TARGET_S,
         "the survivor holds both EIPs",
     )
 
     held = survivor.fleet()["floating_eips"]
-    assert sorted(e["allocation"] for e in held) == sorted(aws["eips"])
+    assert sorted(e["allocation"] for e in held) == sorted(aws.eips)
     placed = {e["allocation"]: e["private_ip"] for e in held}
-    assert placed == dict(zip(aws["eips"], FLOATING, strict=True))  # EIP i on address i
+    assert placed == dict(zip(aws.eips, FLOATING, strict=True))  # EIP i on address i
 
     calls = [c for c in moto.requests("AssociateAddress") if c["InstanceId"] == survivor_instance]
     latest = {c["AllocationId"]: c["PrivateIpAddress"] for c in calls}
     assert latest == placed
     assert all(c["AllowReassociation"] == "true" for c in calls)
 
-    for bind, public in zip(FLOATING, aws["ips"], strict=True):
+    for bind, public in zip(FLOATING, aws.ips, strict=True):
         wait_until(
             lambda bind=bind: egress_state(survivor, bind)["state"] == "up",
             5,
@@ -130,7 +114,7 @@ def test_a_member_never_holds_more_eips_than_it_has_addresses(
     redis_server: RedisServer,
     dns: DNSServer,
     moto: MotoServer,
-    aws: dict[str, Any],
+    aws: FleetAws,
 ) -> None:
     """Alone with one address (`private_ip`, the one-address form) a member holds one of
     the two EIPs and leaves the other free; a member that joins with room takes it."""
@@ -139,14 +123,14 @@ def test_a_member_never_holds_more_eips_than_it_has_addresses(
     wait_until(lambda: len(alone.fleet()["floating_eips"]) == 1, 10, "one EIP taken")
     (taken,) = alone.fleet()["floating_eips"]
     assert taken["private_ip"] == FLOATING[0]
-    free = next(a for a in aws["eips"] if a != taken["allocation"])
+    free = next(a for a in aws.eips if a != taken["allocation"])
     for _ in range(3):  # ticks go by (eip_lease_s 1.5: a tick each 0.5 s)
         wait_until(lambda: alone.fleet()["floating_eips"] == [taken], 2, "still one EIP")
-    assert holders(aws)[free] is None
+    assert aws.holders()[free] is None
     assert all(c["AllocationId"] != free for c in moto.requests("AssociateAddress"))
 
     other = start(*args, 1, {"private_ips": FLOATING}, floating_egress=False)
-    wait_until(lambda: holders(aws)[free] == aws["instances"][1], FAILOVER_TARGET_S, "the free EIP")
+    wait_until(lambda: aws.holders()[free] == aws.instances[1], FAILOVER_TARGET_S, "the free EIP")
     assert [e["allocation"] for e in other.fleet()["floating_eips"]] == [free]
     assert alone.fleet()["floating_eips"] == [taken]
 
@@ -157,11 +141,11 @@ def test_fixedip_ips_says_which_member_and_address_carry_each_floating_ip(
     redis_server: RedisServer,
     dns: DNSServer,
     moto: MotoServer,
-    aws: dict[str, Any],
+    aws: FleetAws,
 ) -> None:
     args = (tmp_path, fleet_members, redis_server, dns, moto, aws)
     start(*args, 0, {"private_ips": FLOATING})
-    wait_until(lambda: set(holders(aws).values()) == {aws["instances"][0]}, 10, "both held")
+    wait_until(lambda: set(aws.holders().values()) == {aws.instances[0]}, 10, "both held")
     reply = subprocess.run(
         [str(FIXEDIP), "ips", "--config", str(tmp_path / "gw-a.toml"), "--format", "json"],
         capture_output=True,
@@ -170,7 +154,7 @@ def test_fixedip_ips_says_which_member_and_address_carry_each_floating_ip(
     )
     assert reply.returncode == 0, reply.stderr
     details = {d["ip"]: d for d in json.loads(reply.stdout)["details"]}
-    for public, address in zip(aws["ips"], FLOATING, strict=True):
+    for public, address in zip(aws.ips, FLOATING, strict=True):
         assert details[public]["kind"] == "floating"
         assert details[public]["member"] == "gw-a"
         assert details[public]["private_ip"] == address
@@ -191,13 +175,13 @@ def test_sigterm_hands_every_held_eip_to_a_peer_with_free_addresses(
     redis_server: RedisServer,
     dns: DNSServer,
     moto: MotoServer,
-    aws: dict[str, Any],
+    aws: FleetAws,
 ) -> None:
     """The first member takes both EIPs alone; on SIGTERM it names the peer (two free
     addresses) for both, and the peer associates both with its own instance."""
     args = (tmp_path, fleet_members, redis_server, dns, moto, aws)
     leaving = start(*args, 0, {"private_ips": FLOATING})
-    wait_until(lambda: set(holders(aws).values()) == {aws["instances"][0]}, 10, "both held")
+    wait_until(lambda: set(aws.holders().values()) == {aws.instances[0]}, 10, "both held")
     peer = start(*args, 1, {"private_ips": FLOATING})
     wait_until(lambda: leaving.fleet()["members"] == 2, 10, "the peer joined")
     leaving.process.signal(signal.SIGTERM)
@@ -205,7 +189,7 @@ def test_sigterm_hands_every_held_eip_to_a_peer_with_free_addresses(
     handed = [line for line in leaving.process.stderr if "handed to gw-b" in line]
     assert len(handed) == 2, "\n".join(leaving.process.stderr)
     wait_until(
-        lambda: set(holders(aws).values()) == {aws["instances"][1]},
+        lambda: set(aws.holders().values()) == {aws.instances[1]},
         FAILOVER_TARGET_S,
         "the peer holds both EIPs",
     )
