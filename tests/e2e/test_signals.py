@@ -88,6 +88,33 @@ def assert_flow_log_holds_no_token(path: Path) -> None:
         assert token not in text
 
 
+def test_sighup_reload_applies_to_the_next_request_on_an_open_keepalive_connection(
+    serve: Callable[[dict[str, Any]], ServeProcess], tmp_path: Path, vendor: VendorServer
+) -> None:
+    """A keep-alive connection keeps what it worked out for its last destination; a
+    reload must still reach its next request."""
+    config = serve_config(tmp_path, [client("billing", ["127.0.0.1:*"], [443])])
+    gw = serve(config)
+    with requests.Session() as session:
+        session.proxies = {"http": gw.proxy_url("billing")}
+        before = session.get(vendor.url("/h"), headers={"X-Internal-User": "alice"}, timeout=5)
+        assert before.json()["headers"]["x-internal-user"] == "alice"
+
+        config["destinations"] = [{"match": "127.0.0.1", "sanitize_extra": ["X-Internal-User"]}]
+        write_config(tmp_path / "fixedip.toml", config)
+        mark = gw.mark
+        gw.signal(signal.SIGHUP)
+        gw.wait_for_line("configuration reloaded", after=mark)
+
+        after = session.get(vendor.url("/h"), headers={"X-Internal-User": "alice"}, timeout=5)
+        assert after.status_code == 200
+        assert "x-internal-user" not in after.json()["headers"]
+    gw.signal(signal.SIGTERM)
+    assert gw.wait_exit(10) == 0
+    peers = {record["peer"] for record in read_flow_log(tmp_path / "flow.jsonl", 2)}
+    assert len(peers) == 1  # both requests came over one client connection
+
+
 def test_sighup_reload_keeps_an_open_tunnel_working(
     serve: Callable[[dict[str, Any]], ServeProcess],
     tmp_path: Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 import subprocess
 
@@ -139,6 +140,31 @@ def test_pipelined_requests_are_answered_in_order(
             data += chunk
     assert data.count(b"HTTP/1.1 200 ") == 3
     assert data.index(b"/pipe0") < data.index(b"/pipe1") < data.index(b"/pipe2")
+
+
+def test_one_connection_switching_targets_and_hosts_is_judged_per_request(
+    gateway: RunningGateway, vendor: VendorServer
+) -> None:
+    """The connection keeps its last target's parse: a new URL, or the same URL with a
+    Host that disagrees, must still be seen for what it is."""
+    url_a, url_b = vendor.url("/a"), vendor.url("/b")
+    good = f"Host: 127.0.0.1:{vendor.port}\r\n"
+    heads = [
+        (url_a, good),
+        (url_b, good),
+        (url_a, good),
+        (url_a, "Host: other.example\r\n"),  # refused, and the connection closes
+        (url_a, good),
+    ]
+    req = "".join(f"GET {url} HTTP/1.1\r\n{host}{AUTH}\r\n" for url, host in heads).encode()
+    with socket.create_connection(gateway.http, timeout=5) as s:
+        s.sendall(req)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
+    assert statuses == [b"200", b"200", b"200", b"400"]
+    assert [path for _, _, _, path in vendor.seen] == ["/a", "/b", "/a"]
 
 
 def test_hop_by_hop_and_proxy_headers_are_not_forwarded(

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from fixedip.config import ClientConfig
 from fixedip.gateway.routes import RouteTarget
@@ -74,6 +74,8 @@ class HttpProxySession(ClientSession):
         self.route: RouteTarget | None = None  # route mode for the current request
         self.upstream_was_pooled = False
         self.auth_memo: tuple[Runtime, bytes | None, ClientConfig | None, Decision] | None = None
+        self.target_memo: tuple[bytes, bytes | None, http1.Target] | None = None
+        self.forward_memo: tuple[Runtime, http1.Target, _Forward] | None = None
         # current exchange
         self.req_done = False
         self.resp_done = False
@@ -237,10 +239,7 @@ class HttpProxySession(ClientSession):
             self.local_request(head, client, decision)
             return None
         else:
-            target = http1.parse_absolute_target(head.target)
-            self.check_host_header(head, target)
-            if target.host.endswith(ROUTE_SUFFIX):  # never resolved: it names a route
-                target = self.route_target(target.host[: -len(ROUTE_SUFFIX)], target.path)
+            target = self.absolute_target(head)
         record.host, record.port = target.host, target.port
         if not decision.allowed:
             raise Refused(decision)
@@ -251,6 +250,20 @@ class HttpProxySession(ClientSession):
         if limit and (head.content_length or 0) > limit:
             raise Refused(Decision(Reason.BODY_TOO_LARGE), f"body over {limit} bytes")
         return client, target
+
+    def absolute_target(self, head: RequestHead) -> http1.Target:
+        """The absolute-form target, checked against Host. The connection's last answer is
+        kept: a keep-alive client asks for the same URL over and over."""
+        host = head.get(b"host")
+        memo = self.target_memo
+        if memo is not None and memo[0] == head.target and memo[1] == host:
+            return memo[2]
+        target = http1.parse_absolute_target(head.target)
+        self.check_host_header(host, target)
+        if target.host.endswith(ROUTE_SUFFIX):  # never resolved: it names a route
+            return self.route_target(target.host[: -len(ROUTE_SUFFIX)], target.path)
+        self.target_memo = (head.target, host, target)
+        return target
 
     def route_target(self, name: str, path: bytes) -> http1.Target:
         """Route mode: the request goes to the route's base URL (over TLS when it is
@@ -322,8 +335,7 @@ class HttpProxySession(ClientSession):
         else:
             self.send_request(head, target, dialed)
 
-    def check_host_header(self, head: RequestHead, target: http1.Target) -> None:
-        host = head.get(b"host")
+    def check_host_header(self, host: bytes | None, target: http1.Target) -> None:
         if host is None:
             return
         # A Host without a port means 80 (RFC 9110 section 7.2): absolute-form is http://.
@@ -357,22 +369,11 @@ class HttpProxySession(ClientSession):
             up.parser = http1.ResponseParser(self.gw.runtime.config.limits.max_header_bytes)
         up.parser.expect(head.method)
         self.resp_head_method = head.method
-        # Host is always the target's authority (RFC 9112 section 3.2.2), never the
-        # client's spelling of it: the vendor sees one canonical name.
-        rt = self.gw.runtime
-        policy = rt.sanitizer.for_destination(rt.destination(target.host))
-        route = self.route
-        drop = policy.forward_drop
-        if route is not None and route.inject is not None:
-            drop = drop | {route.inject[0].lower()}  # the function's own is never passed on
-        headers = http1.end_to_end(head.headers, head.lnames, drop=drop, keep=policy.keep)
-        if route is not None:
-            authority = route.authority
-            if route.inject is not None:
-                headers.append(route.inject)
-        else:
-            authority = target.authority if target.port != 80 else target.authority[: -len(":80")]
-        headers.insert(0, (b"Host", authority.encode()))
+        forward = self.forwarding(target)
+        headers = http1.end_to_end(head.headers, head.lnames, drop=forward.drop, keep=forward.keep)
+        headers.insert(0, forward.host)
+        if forward.inject is not None:
+            headers.append(forward.inject)
         if head.chunked:
             headers.append((b"Transfer-Encoding", b"chunked"))
         elif head.content_length is not None:
@@ -386,6 +387,28 @@ class HttpProxySession(ClientSession):
         self.pump()
         if self.state == FORWARDING:
             self.resume("busy")
+
+    def forwarding(self, target: http1.Target) -> _Forward:
+        """How headers go to `target`, kept for the connection's last target (route mode
+        is decided per request, so its answers are not kept)."""
+        rt = self.gw.runtime
+        route = self.route
+        memo = self.forward_memo
+        if route is None and memo is not None and memo[0] is rt and memo[1] is target:
+            return memo[2]
+        policy = rt.sanitizer.for_destination(rt.destination(target.host))
+        drop, inject = policy.forward_drop, None
+        if route is not None:
+            authority = route.authority
+            if route.inject is not None:
+                inject = route.inject
+                drop = drop | {inject[0].lower()}  # the function's own is never passed on
+        else:
+            authority = target.authority if target.port != 80 else target.authority[: -len(":80")]
+        forward = _Forward((b"Host", authority.encode()), drop, policy.keep, inject)
+        if route is None:
+            self.forward_memo = (rt, target, forward)
+        return forward
 
     def forward_body(self, data: bytes) -> None:
         if self.record is not None:
@@ -718,6 +741,17 @@ class HttpProxySession(ClientSession):
         if self.dial_task is not None and not self.dial_task.done():
             self.dial_task.cancel()
         super().connection_lost(exc)
+
+
+class _Forward(NamedTuple):
+    """What a request to one destination gets on its way: Host is always the target's
+    authority (RFC 9112 section 3.2.2), never the client's spelling of it, so the vendor
+    sees one canonical name; the sanitiser's drop and keep sets; a route's credential."""
+
+    host: tuple[bytes, bytes]
+    drop: frozenset[bytes]
+    keep: frozenset[bytes] | None
+    inject: tuple[bytes, bytes] | None
 
 
 def retry_after_seconds(value: bytes) -> float | None:
