@@ -13,6 +13,7 @@ import math
 import time
 from typing import TYPE_CHECKING, cast
 
+from fixedip.gateway import splice
 from fixedip.gateway.upstream import Upstream
 from fixedip.identity.limits import Permit
 from fixedip.observe.flowlog import FlowRecord
@@ -49,6 +50,8 @@ class ClientSession(asyncio.Protocol):
         self._writing_paused = False
         self.claimed: str | None = None
         self.permit: Permit | None = None  # the destination's shaping, held per exchange
+        self.splicer: splice.Splicer | None = None  # a bulk tunnel, moved in the kernel
+        self._splice_at = splice.SPLICE_AFTER if splice.AVAILABLE else math.inf
 
     # lifecycle ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,6 +68,7 @@ class ClientSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._disarm()
+        self._unsplice()
         up, self.upstream = self.upstream, None
         if up is not None:
             up.abort() if not self.tunnel else up.close()
@@ -92,11 +96,13 @@ class ClientSession(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
+            self._unsplice()
             self.transport.close()
 
     def abort(self) -> None:
         if self.transport is not None:
             self.closed = True
+            self._unsplice()
             self.transport.abort()
 
     @property
@@ -113,7 +119,12 @@ class ClientSession(asyncio.Protocol):
     def resume(self, reason: str) -> None:
         if reason in self._pauses:
             self._pauses.discard(reason)
-            if not self._pauses and self.transport is not None and not self.closed:
+            if (
+                not self._pauses
+                and self.transport is not None
+                and not self.closed
+                and self.splicer is None  # the splicer reads the socket now
+            ):
                 self.transport.resume_reading()
 
     def pause_writing(self) -> None:
@@ -123,8 +134,12 @@ class ClientSession(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self.splicer is not None:
+            return
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
+        if self.tunnel and self._tunnel_bytes() >= self._splice_at:
+            self.try_splice()
 
     def upstream_pause(self) -> None:
         self.pause("upstream-full")
@@ -186,10 +201,81 @@ class ClientSession(asyncio.Protocol):
         up = self.upstream
         if up is not None:
             up.write(data)
+            if self._tunnel_bytes() >= self._splice_at:
+                self.try_splice()
 
     def _count_up(self, n: int) -> None:
         if self.record is not None:
             self.record.bytes_up += n
+
+    def _tunnel_bytes(self) -> int:
+        record = self.record
+        return 0 if record is None else record.bytes_up + record.bytes_down
+
+    # bulk tunnels in the kernel ----------------------------------------------------
+    def try_splice(self) -> None:
+        """Hand a busy plain tunnel's sockets to a Splicer. Called on the transports' data
+        once the tunnel has carried SPLICE_AFTER bytes; waits (returns, to be called again)
+        while either side still has bytes buffered, and gives up for good where splicing
+        cannot work (TLS on either side, a half-closed tunnel, no descriptors)."""
+        up = self.upstream
+        client_t = self.transport
+        if (
+            self.splicer is not None
+            or self.closed
+            or up is None
+            or up.transport is None
+            or client_t is None
+            or splice.active() >= splice.max_spliced()
+        ):
+            return
+        if client_t.get_write_buffer_size() or up.transport.get_write_buffer_size():
+            return  # bytes still queued on a transport: the next callback tries again
+        client_sock = splice.plain_socket(client_t)
+        up_sock = splice.plain_socket(up.transport)
+        if client_sock is None or up_sock is None or self._client_eof or self._upstream_eof:
+            self._splice_at = math.inf
+            return
+        try:
+            splicer = splice.Splicer(
+                self.loop,
+                client_sock,
+                up_sock,
+                self._spliced_up,
+                self._spliced_down,
+                self._spliced_end,
+            )
+        except OSError:
+            self._splice_at = math.inf
+            return
+        client_t.pause_reading()
+        up.transport.pause_reading()
+        self.splicer = splicer
+        self.gw.metrics.tunnel_spliced()
+        splicer.start()
+
+    def _spliced_up(self, n: int) -> None:
+        self._count_up(n)
+        self.touch(self.gw.runtime.config.timeouts.tunnel_idle_s)
+
+    def _spliced_down(self, n: int) -> None:
+        if self.record is not None:
+            self.record.bytes_down += n
+        self.touch(self.gw.runtime.config.timeouts.tunnel_idle_s)
+
+    def _spliced_end(self, exc: OSError | None) -> None:
+        """Both ways ended (each passed its half-close on), or one failed: the tunnel is
+        over, as the transports would have ended it."""
+        self.splicer = None
+        if exc is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _unsplice(self) -> None:
+        splicer, self.splicer = self.splicer, None
+        if splicer is not None:
+            splicer.stop()
 
     def eof_received(self) -> bool:
         if not self.tunnel:
@@ -214,6 +300,8 @@ class ClientSession(asyncio.Protocol):
         self.touch(self.gw.runtime.config.timeouts.tunnel_idle_s)
         if self.transport is not None and not self.closed:
             self.transport.write(data)
+            if self._tunnel_bytes() >= self._splice_at:
+                self.try_splice()
 
     def upstream_eof(self) -> None:
         self._upstream_eof = True

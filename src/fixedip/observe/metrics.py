@@ -107,6 +107,11 @@ class Metrics:
         self._tunnels_open = Gauge(
             "fixedip_tunnels_open", "CONNECT and SOCKS tunnels open now.", registry=reg
         )
+        self._tunnels_spliced = Counter(
+            "fixedip_tunnels_spliced",
+            "Tunnels that became bulk transfers and moved on in the kernel (splice).",
+            registry=reg,
+        )
         self._bytes = Counter(
             "fixedip_bytes",
             "Payload bytes relayed, up (client to upstream) and down, by egress IP.",
@@ -211,6 +216,9 @@ class Metrics:
 
     def tunnel_closed(self) -> None:
         self._tunnels_open.dec()
+
+    def tunnel_spliced(self) -> None:
+        self._tunnels_spliced.inc()
 
     def connection_opened(self, listener: str) -> None:
         self._connection_child(listener).inc()
