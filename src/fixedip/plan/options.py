@@ -230,9 +230,7 @@ def fixedip_ha(inputs: Inputs, prices: PriceTable) -> Option:
     if inputs.cloud == "gcp":
         bill.hourly("fleet store: e2-micro VM (redis-server)", "gcp_e2_micro_hour", 1)
     else:
-        bill.hourly(
-            "fleet store: ElastiCache cache.t4g.micro", "aws_elasticache_t4g_micro_hour", 1
-        )
+        bill.hourly("fleet store: ElastiCache cache.t4g.micro", "aws_elasticache_t4g_micro_hour", 1)
     return _option(
         bill,
         inputs,
