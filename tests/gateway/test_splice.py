@@ -1,8 +1,10 @@
-"""Bulk tunnels spliced in the kernel: every byte arrives, counts and half-closes are kept,
-timeouts and failures still end them, nothing is leaked, and TLS tunnels never switch."""
+"""Bulk tunnels and long response bodies spliced in the kernel: every byte arrives,
+counts and half-closes are kept, timeouts and failures still end them, nothing is leaked,
+and TLS tunnels never switch."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -23,7 +25,9 @@ from tests.helpers import (
     TOKENS,
     EchoServer,
     RunningGateway,
+    VendorServer,
     basic,
+    big_body_sha256,
     read_flow_log,
     token_hash,
     url_of,
@@ -274,3 +278,97 @@ def test_a_tunnel_through_the_tls_listener_is_never_spliced(
                 echoed += chunk
     assert bytes(echoed) == greeting + data
     assert spliced(gw) == 0
+
+
+# --- long response bodies on the plain forward path -------------------------------------
+
+
+def bodies_spliced(gw: RunningGateway) -> float:
+    text = requests.get(url_of(gw.admin, "/metrics"), timeout=5).text
+    found = re.search(r"^fixedip_bodies_spliced_total (\S+)$", text, re.M)
+    assert found, "fixedip_bodies_spliced_total is missing from /metrics"
+    return float(found.group(1))
+
+
+def test_a_long_body_is_spliced_and_the_client_connection_stays_usable(
+    gateway: RunningGateway, vendor: VendorServer, tmp_path
+) -> None:
+    n = 12 * splice.SPLICE_AFTER + 777
+    with requests.Session() as session:
+        session.proxies = {"http": gateway.proxy_url()}
+        big = session.get(vendor.url(f"/big?n={n}&mode=length"), timeout=20)
+        after = session.get(vendor.url("/after"), timeout=10)
+    assert big.status_code == 200 and len(big.content) == n
+    assert hashlib.sha256(big.content).hexdigest() == big_body_sha256(n)
+    assert after.status_code == 200 and after.json()["path"] == "/after"
+    assert bodies_spliced(gateway) == 1
+    ports = [port for _, port, _, _ in vendor.seen]
+    assert len(ports) == 2 and ports[0] != ports[1]  # the spliced upstream was not reused
+    records = read_flow_log(tmp_path / "flow.jsonl", 2)
+    assert records[0]["bytes_down"] == n and records[0]["reason"] == "allowed"
+    assert len({record["peer"] for record in records}) == 1  # one client connection
+
+
+def test_short_and_chunked_bodies_stay_in_python(
+    gateway: RunningGateway, vendor: VendorServer
+) -> None:
+    proxies = {"http": gateway.proxy_url()}
+    small = splice.SPLICE_AFTER // 2
+    chunked = 4 * splice.SPLICE_AFTER
+    r1 = requests.get(vendor.url(f"/big?n={small}&mode=length"), proxies=proxies, timeout=20)
+    r2 = requests.get(vendor.url(f"/big?n={chunked}&mode=chunked"), proxies=proxies, timeout=20)
+    assert hashlib.sha256(r1.content).hexdigest() == big_body_sha256(small)
+    assert hashlib.sha256(r2.content).hexdigest() == big_body_sha256(chunked)
+    assert bodies_spliced(gateway) == 0
+
+
+class ShortOrigin:
+    """Promises `length` bytes of body and closes after `sent` of them."""
+
+    def __init__(self, length: int, sent: int) -> None:
+        self.length, self.sent = length, sent
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+                head += chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.length)
+            with contextlib.suppress(OSError):
+                conn.sendall(payload(self.sent))
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(10)
+
+
+def test_a_spliced_body_cut_short_by_the_upstream_cuts_the_client_off(
+    make_gateway: MakeGateway, tmp_path
+) -> None:
+    origin = ShortOrigin(length=8 * splice.SPLICE_AFTER, sent=3 * splice.SPLICE_AFTER)
+    try:
+        gw = make_gateway()
+        with socket.create_connection(gw.http, timeout=10) as sock:
+            sock.sendall(
+                f"GET http://127.0.0.1:{origin.port}/x HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{origin.port}\r\n"
+                f"Proxy-Authorization: {basic('billing', TOKENS['billing'])}\r\n\r\n".encode()
+            )
+            got, _ = read_all(sock)
+    finally:
+        origin.close()
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert body == payload(3 * splice.SPLICE_AFTER)  # all that came, then the cut
+    assert bodies_spliced(gw) == 1
+    (record,) = read_flow_log(tmp_path / "flow.jsonl", 1)
+    assert record["reason"] == "upstream_closed"
+    assert record["bytes_down"] == 3 * splice.SPLICE_AFTER

@@ -12,11 +12,13 @@ import asyncio
 import email.utils
 import json
 import logging
+import math
 import time
 from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
 from fixedip.config import ClientConfig
+from fixedip.gateway import splice
 from fixedip.gateway.routes import RouteTarget
 from fixedip.gateway.runtime import (
     Attempt,
@@ -80,6 +82,7 @@ class HttpProxySession(ClientSession):
         self.req_done = False
         self.resp_done = False
         self.resp_chunked = False
+        self.resp_left: int | None = None  # body bytes still to come, when the length is known
         self.resp_started = False
         self.upstream_reusable = False
         self.resp_head_method = ""
@@ -457,6 +460,8 @@ class HttpProxySession(ClientSession):
             self.upstream_broken(Reason.UPSTREAM_BAD_RESPONSE, exc.message)
             return
         self.response_events(events)
+        if self.resp_left is not None and self.resp_left >= self._splice_at and not self.resp_done:
+            self.try_splice_body()
 
     def response_events(self, events: list[Event]) -> None:
         # One write per batch of events: a small response leaves in one segment.
@@ -474,6 +479,8 @@ class HttpProxySession(ClientSession):
             if isinstance(event, Body):
                 if self.record is not None:
                     self.record.bytes_down += len(event.data)
+                if self.resp_left is not None:
+                    self.resp_left -= len(event.data)
                 self.transport_write(http1.chunk(event.data) if self.resp_chunked else event.data)
             elif isinstance(event, ResponseHead):
                 self.response_head(event)
@@ -510,6 +517,7 @@ class HttpProxySession(ClientSession):
         headers = http1.end_to_end(resp.headers, resp.lnames)
         bodiless = self.resp_head_method == "HEAD" or resp.status in (204, 304)
         self.resp_chunked = False
+        self.resp_left = None
         up_parser = self.upstream.parser if self.upstream else None
         close_delimited = bool(up_parser and up_parser.close_delimited)
         if bodiless:
@@ -517,6 +525,7 @@ class HttpProxySession(ClientSession):
                 headers.append((b"Content-Length", str(resp.content_length).encode()))
         elif resp.content_length is not None and not resp.chunked:
             headers.append((b"Content-Length", str(resp.content_length).encode()))
+            self.resp_left = resp.content_length
         elif self.head.version == "1.1":
             headers.append((b"Transfer-Encoding", b"chunked"))
             self.resp_chunked = True
@@ -531,6 +540,56 @@ class HttpProxySession(ClientSession):
             headers.append((b"Connection", b"keep-alive"))
         line = b"HTTP/1.1 %d %s" % (resp.status, resp.reason or b"-")
         self.transport_write(http1.serialize_head(line, headers))
+
+    def try_splice_body(self) -> None:
+        """The rest of a long response body of known length goes upstream → client in the
+        kernel (splice), once the request is complete and the client has taken what was
+        written. The upstream connection is closed afterwards (its parser never saw the
+        body), the client's stays open."""
+        up, client_t, left = self.upstream, self.transport, self.resp_left
+        if (
+            self.splicer is not None
+            or not self.req_done
+            or up is None
+            or up.transport is None
+            or client_t is None
+            or left is None
+            or client_t.get_write_buffer_size()
+            or splice.active() >= splice.max_spliced()
+        ):
+            return
+        client_sock = splice.plain_socket(client_t)
+        up_sock = splice.plain_socket(up.transport)
+        if client_sock is None or up_sock is None:
+            self._splice_at = math.inf
+            return
+        try:
+            splicer = splice.BodySplicer(
+                self.loop, up_sock, client_sock, left, self._body_spliced, self._body_splice_end
+            )
+        except OSError:
+            self._splice_at = math.inf
+            return
+        up.transport.pause_reading()
+        self.splicer = splicer
+        self.upstream_reusable = False
+        self.gw.metrics.body_spliced()
+        splicer.start()
+
+    def _body_spliced(self, n: int) -> None:
+        if self.record is not None:
+            self.record.bytes_down += n
+        if self.resp_left is not None:
+            self.resp_left -= n
+        self.touch(self.gw.runtime.config.timeouts.idle_s)
+
+    def _body_splice_end(self, exc: OSError | None) -> None:
+        self.splicer = None
+        if exc is not None:
+            self.upstream_broken(Reason.UPSTREAM_CLOSED, str(exc))
+            return
+        self.resp_done = True
+        self.maybe_complete()
 
     def honour_retry_after(self, resp: ResponseHead, egress: str, host: str) -> None:
         """A vendor's Retry-After pauses that destination (for that egress IP when the

@@ -50,7 +50,7 @@ class ClientSession(asyncio.Protocol):
         self._writing_paused = False
         self.claimed: str | None = None
         self.permit: Permit | None = None  # the destination's shaping, held per exchange
-        self.splicer: splice.Splicer | None = None  # a bulk tunnel, moved in the kernel
+        self.splicer: splice.Splice | None = None  # a bulk tunnel or body, moved in the kernel
         self._splice_at = splice.SPLICE_AFTER if splice.AVAILABLE else math.inf
 
     # lifecycle ---------------------------------------------------------------------
@@ -123,7 +123,7 @@ class ClientSession(asyncio.Protocol):
                 not self._pauses
                 and self.transport is not None
                 and not self.closed
-                and self.splicer is None  # the splicer reads the socket now
+                and not (self.tunnel and self.splicer is not None)  # it reads the socket now
             ):
                 self.transport.resume_reading()
 
@@ -135,7 +135,7 @@ class ClientSession(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         if self.splicer is not None:
-            return
+            return  # the upstream socket is the splicer's to read
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
         if self.tunnel and self._tunnel_bytes() >= self._splice_at:

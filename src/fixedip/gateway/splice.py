@@ -1,16 +1,19 @@
-"""Bulk tunnels move their bytes in the kernel: `splice(2)` through a pipe, socket to socket.
+"""Bulk transfers move their bytes in the kernel: `splice(2)` through a pipe, socket to
+socket.
 
 A tunnel starts on the event loop's transports, where every chunk crosses Python twice
 (read into a bytes object, written out again). Once it has carried `SPLICE_AFTER` bytes
 it is a bulk transfer, and the session hands both sockets to a `Splicer`: each direction
 splices from its source socket into a pipe and from the pipe into the other socket, so
 the payload never leaves the kernel and Python runs once per pipe-full, not per chunk.
+The rest of a plain-forward response body of known length, 1 MiB or more, goes the same
+way (`BodySplicer`, one direction, exactly that many bytes).
 
-Idle tunnels never switch (each spliced tunnel holds four more descriptors: two pipes),
-and at most `max_spliced()` tunnels are spliced at once, so a client opening many busy
-tunnels can exhaust neither the descriptor limit nor kernel memory. TLS on the client
-side (the TLS listener) needs the bytes in Python, so those tunnels stay on the
-transports.
+Idle tunnels never switch (a spliced tunnel holds six more descriptors: two pipes and
+a duplicate of each socket), and at most `max_spliced()` transfers are spliced at once,
+so a client opening many busy tunnels can exhaust neither the descriptor limit nor
+kernel memory. TLS on either side (the TLS listener, a route's upstream) needs the bytes
+in Python, so those transfers stay on the transports.
 
 The transports keep owning the sockets: the splicer works on duplicates of their
 descriptors while the transports' reading is paused and their write buffers are empty,
@@ -57,8 +60,8 @@ log = logging.getLogger(__name__)
 
 
 def max_spliced() -> int:
-    """Spliced tunnels allowed at once: MAX_SPLICED, and no more than a sixteenth of the
-    descriptor limit (each holds four extra descriptors)."""
+    """Spliced transfers allowed at once: MAX_SPLICED, and no more than a sixteenth of
+    the descriptor limit (a tunnel holds six extra descriptors)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return MAX_SPLICED
@@ -66,7 +69,7 @@ def max_spliced() -> int:
 
 
 def active() -> int:
-    """Tunnels spliced right now (for tests and metrics)."""
+    """Transfers spliced right now."""
     return _active
 
 
@@ -148,19 +151,21 @@ class _Direction:
 
     def __init__(
         self,
-        splicer: Splicer,
+        splicer: Splice,
         src: socket.socket,
         dst: socket.socket,
         count: Callable[[int], None],
+        limit: int | None = None,
     ) -> None:
         self.splicer = splicer
         self.src, self.dst = src, dst
         self.count = count
+        self.left = limit  # bytes still to move, when the direction carries a known length
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         with contextlib.suppress(OSError):
             fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, PIPE_BYTES)
         self.in_pipe = 0
-        self.eof = False  # the source has ended; the destination is shut once the pipe empties
+        self.eof = False  # the source has ended (or `left` is 0): done once the pipe empties
         self.done = False
         self.reading = self.writing = False
 
@@ -185,8 +190,9 @@ class _Direction:
 
     # moving bytes ---------------------------------------------------------------------
     def readable(self) -> None:
+        want = PIPE_BYTES if self.left is None else min(PIPE_BYTES, self.left)
         try:
-            n = os.splice(self.src.fileno(), self.pipe_w, PIPE_BYTES, flags=_FLAGS)
+            n = os.splice(self.src.fileno(), self.pipe_w, want, flags=_FLAGS)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -199,6 +205,11 @@ class _Direction:
             return
         self.in_pipe += n
         self.count(n)
+        if self.left is not None:
+            self.left -= n
+            if self.left == 0:
+                self.eof = True
+                self.stop()
         self._drain()
 
     def writable(self) -> None:
@@ -229,37 +240,30 @@ class _Direction:
                 os.close(fd)
 
 
-class Splicer:
-    """Both directions of one tunnel, spliced. `count_up` and `count_down` are told of
-    every move (the flow record, the session's idle clock); `on_end(error)` once, when
-    both directions have ended (None) or one failed (the error), after the splicer has
-    let go of everything it opened."""
+class Splice:
+    """Directions spliced on duplicates of the sockets; `on_end(error)` once, when every
+    direction has ended (None) or one failed (the error), after everything opened here
+    is let go."""
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        client: socket.socket | Any,
-        upstream: socket.socket | Any,
-        count_up: Callable[[int], None],
-        count_down: Callable[[int], None],
-        on_end: Callable[[OSError | None], None],
+        self, loop: asyncio.AbstractEventLoop, on_end: Callable[[OSError | None], None]
     ) -> None:
-        global _active
         self.loop = loop
         self.on_end = on_end
         self.ended = False
         self._counted = False  # in _active and the poller's users
         self._socks: list[socket.socket] = []
         self._dirs: list[_Direction] = []
+
+    def _open(self, make: Callable[[], None]) -> None:
+        """Run `make` (which dups sockets and adds directions); on failure, undo it."""
+        global _active
         try:
-            a = self._dup(client)
-            b = self._dup(upstream)
-            self._dirs.append(_Direction(self, a, b, count_up))
-            self._dirs.append(_Direction(self, b, a, count_down))
+            make()
         except OSError:
             self._release()
             raise
-        self.poller = _poller(loop)
+        self.poller = _poller(self.loop)
         _active += 1
         self._counted = True
 
@@ -284,12 +288,7 @@ class Splicer:
             self.poller.want(fd, reader, writer)
 
     def direction_ended(self, direction: _Direction) -> None:
-        """The source sent FIN and everything before it is delivered: pass the half-close
-        on, like the transports do, and end when both ways are done."""
-        with contextlib.suppress(OSError):
-            direction.dst.shutdown(socket.SHUT_WR)
-        if all(d.done for d in self._dirs):
-            self._end(None)
+        raise NotImplementedError
 
     def failed(self, exc: OSError) -> None:
         self._end(exc)
@@ -322,3 +321,62 @@ class Splicer:
             self._counted = False
         self._dirs = []
         self._socks = []
+
+
+class Splicer(Splice):
+    """Both directions of a tunnel. `count_up` and `count_down` are told of every move
+    (the flow record, the session's idle clock)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: socket.socket | Any,
+        upstream: socket.socket | Any,
+        count_up: Callable[[int], None],
+        count_down: Callable[[int], None],
+        on_end: Callable[[OSError | None], None],
+    ) -> None:
+        super().__init__(loop, on_end)
+
+        def make() -> None:
+            a, b = self._dup(client), self._dup(upstream)
+            self._dirs.append(_Direction(self, a, b, count_up))
+            self._dirs.append(_Direction(self, b, a, count_down))
+
+        self._open(make)
+
+    def direction_ended(self, direction: _Direction) -> None:
+        """The source sent FIN and everything before it is delivered: pass the half-close
+        on, like the transports do, and end when both ways are done."""
+        with contextlib.suppress(OSError):
+            direction.dst.shutdown(socket.SHUT_WR)
+        if all(d.done for d in self._dirs):
+            self._end(None)
+
+
+class BodySplicer(Splice):
+    """The rest of a response body of known length, upstream → client. Ends with None
+    once `length` bytes are delivered; with an error when the upstream ends first."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        upstream: socket.socket | Any,
+        client: socket.socket | Any,
+        length: int,
+        count: Callable[[int], None],
+        on_end: Callable[[OSError | None], None],
+    ) -> None:
+        super().__init__(loop, on_end)
+
+        def make() -> None:
+            src, dst = self._dup(upstream), self._dup(client)
+            self._dirs.append(_Direction(self, src, dst, count, limit=length))
+
+        self._open(make)
+
+    def direction_ended(self, direction: _Direction) -> None:
+        if direction.left:
+            self._end(ConnectionAbortedError("the upstream closed before the body ended"))
+        else:
+            self._end(None)

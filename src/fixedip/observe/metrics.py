@@ -112,6 +112,11 @@ class Metrics:
             "Tunnels that became bulk transfers and moved on in the kernel (splice).",
             registry=reg,
         )
+        self._bodies_spliced = Counter(
+            "fixedip_bodies_spliced",
+            "Long response bodies of known length moved to the client in the kernel (splice).",
+            registry=reg,
+        )
         self._bytes = Counter(
             "fixedip_bytes",
             "Payload bytes relayed, up (client to upstream) and down, by egress IP.",
@@ -219,6 +224,9 @@ class Metrics:
 
     def tunnel_spliced(self) -> None:
         self._tunnels_spliced.inc()
+
+    def body_spliced(self) -> None:
+        self._bodies_spliced.inc()
 
     def connection_opened(self, listener: str) -> None:
         self._connection_child(listener).inc()
