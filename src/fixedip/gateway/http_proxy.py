@@ -12,7 +12,6 @@ import asyncio
 import email.utils
 import json
 import logging
-import math
 import time
 from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
@@ -558,23 +557,17 @@ class HttpProxySession(ClientSession):
             or splice.active() >= splice.max_spliced()
         ):
             return
-        client_sock = splice.plain_socket(client_t)
-        up_sock = splice.plain_socket(up.transport)
-        if client_sock is None or up_sock is None:
-            self._splice_at = math.inf
-            return
-        try:
-            splicer = splice.BodySplicer(
-                self.loop, up_sock, client_sock, left, self._body_spliced, self._body_splice_end
-            )
-        except OSError:
-            self._splice_at = math.inf
-            return
-        up.transport.pause_reading()
-        self.splicer = splicer
-        self.upstream_reusable = False
-        self.gw.metrics.body_spliced()
-        splicer.start()
+        splicer = self.hand_over(
+            up,
+            lambda client, upstream: splice.BodySplicer(
+                self.loop, upstream, client, left, self._body_spliced, self._body_splice_end
+            ),
+        )
+        if splicer is not None:
+            up.transport.pause_reading()
+            self.upstream_reusable = False
+            self.gw.metrics.body_spliced()
+            splicer.start()
 
     def _body_spliced(self, n: int) -> None:
         if self.record is not None:

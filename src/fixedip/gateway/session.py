@@ -11,7 +11,8 @@ import asyncio
 import ipaddress
 import math
 import time
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from fixedip.gateway import splice
 from fixedip.gateway.upstream import Upstream
@@ -231,28 +232,38 @@ class ClientSession(asyncio.Protocol):
             return
         if client_t.get_write_buffer_size() or up.transport.get_write_buffer_size():
             return  # bytes still queued on a transport: the next callback tries again
-        client_sock = splice.plain_socket(client_t)
-        up_sock = splice.plain_socket(up.transport)
-        if client_sock is None or up_sock is None or self._client_eof or self._upstream_eof:
+        if self._client_eof or self._upstream_eof:
             self._splice_at = math.inf
             return
+        splicer = self.hand_over(
+            up,
+            lambda client, upstream: splice.Splicer(
+                self.loop, client, upstream, self._spliced_up, self._spliced_down, self._spliced_end
+            ),
+        )
+        if splicer is not None:
+            client_t.pause_reading()
+            up.transport.pause_reading()
+            self.gw.metrics.tunnel_spliced()
+            splicer.start()
+
+    def hand_over(
+        self, up: Upstream, make: Callable[[Any, Any], splice.Splice]
+    ) -> splice.Splice | None:
+        """`make(client socket, upstream socket)` becomes this connection's splicer. None,
+        and no further attempts on this connection, where splicing cannot work: TLS on
+        either side, or no descriptors left."""
+        client_sock = splice.plain_socket(self.transport)
+        up_sock = splice.plain_socket(up.transport)
+        if client_sock is None or up_sock is None:
+            self._splice_at = math.inf
+            return None
         try:
-            splicer = splice.Splicer(
-                self.loop,
-                client_sock,
-                up_sock,
-                self._spliced_up,
-                self._spliced_down,
-                self._spliced_end,
-            )
+            self.splicer = make(client_sock, up_sock)
         except OSError:
             self._splice_at = math.inf
-            return
-        client_t.pause_reading()
-        up.transport.pause_reading()
-        self.splicer = splicer
-        self.gw.metrics.tunnel_spliced()
-        splicer.start()
+            return None
+        return self.splicer
 
     def _spliced_up(self, n: int) -> None:
         self._count_up(n)
