@@ -4,7 +4,6 @@ and TLS tunnels never switch."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -42,11 +41,15 @@ def payload(n: int) -> bytes:
     return hashlib.shake_256(b"fixedip splice").digest(n)
 
 
-def spliced(gw: RunningGateway) -> float:
+def counter(gw: RunningGateway, name: str) -> float:
     text = requests.get(url_of(gw.admin, "/metrics"), timeout=5).text
-    found = re.search(r"^fixedip_tunnels_spliced_total (\S+)$", text, re.M)
-    assert found, "fixedip_tunnels_spliced_total is missing from /metrics"
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert found, f"{name} is missing from /metrics"
     return float(found.group(1))
+
+
+def spliced(gw: RunningGateway) -> float:
+    return counter(gw, "fixedip_tunnels_spliced_total")
 
 
 def billing(*ports: int) -> dict[str, object]:
@@ -128,10 +131,12 @@ def test_a_socks5_tunnel_is_spliced_too(bulk_gateway: RunningGateway, echo: Echo
 
 class BulkSender:
     """Sends `size` bytes to whoever connects, then, per `then`: "close" (a clean FIN),
-    "reset" (an RST mid-stream, after half of it) or "hold" (stays silent and open)."""
+    "reset" (an RST mid-stream, after half of it) or "hold" (stays silent and open).
+    With `http_length`, it is an HTTP origin: it reads a request head first and answers
+    with that Content-Length before the bytes (a body cut short, if `size` is less)."""
 
-    def __init__(self, size: int, then: str) -> None:
-        self.size, self.then = size, then
+    def __init__(self, size: int, then: str, http_length: int | None = None) -> None:
+        self.size, self.then, self.http_length = size, then, http_length
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.done = threading.Event()
@@ -146,6 +151,13 @@ class BulkSender:
         with conn:
             data = payload(self.size)
             try:
+                if self.http_length is not None:
+                    head = b""
+                    while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+                        head += chunk
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.http_length
+                    )
                 if self.then == "reset":
                     conn.sendall(data[: self.size // 2])
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -163,11 +175,11 @@ class BulkSender:
 
 
 @pytest.fixture
-def sender() -> Iterator[Callable[[int, str], BulkSender]]:
+def sender() -> Iterator[Callable[..., BulkSender]]:
     made: list[BulkSender] = []
 
-    def make(size: int, then: str) -> BulkSender:
-        made.append(BulkSender(size, then))
+    def make(size: int, then: str, http_length: int | None = None) -> BulkSender:
+        made.append(BulkSender(size, then, http_length))
         return made[-1]
 
     yield make
@@ -192,7 +204,7 @@ def open_fds() -> int:
 
 
 def test_a_download_ends_with_the_destinations_close_and_leaves_no_descriptor_behind(
-    make_gateway: MakeGateway, sender: Callable[[int, str], BulkSender]
+    make_gateway: MakeGateway, sender: Callable[..., BulkSender]
 ) -> None:
     server = sender(BULK, "close")
     gw = make_gateway(clients=[billing(server.port)])
@@ -210,7 +222,7 @@ def test_a_download_ends_with_the_destinations_close_and_leaves_no_descriptor_be
 
 
 def test_a_destination_reset_mid_transfer_cuts_the_client_off(
-    make_gateway: MakeGateway, sender: Callable[[int, str], BulkSender], tmp_path
+    make_gateway: MakeGateway, sender: Callable[..., BulkSender], tmp_path
 ) -> None:
     server = sender(4 * BULK, "reset")
     gw = make_gateway(clients=[billing(server.port)])
@@ -224,7 +236,7 @@ def test_a_destination_reset_mid_transfer_cuts_the_client_off(
 
 
 def test_a_spliced_tunnel_still_times_out_when_idle(
-    make_gateway: MakeGateway, sender: Callable[[int, str], BulkSender]
+    make_gateway: MakeGateway, sender: Callable[..., BulkSender]
 ) -> None:
     server = sender(BULK, "hold")
     gw = make_gateway(clients=[billing(server.port)], timeouts={"tunnel_idle_s": 1})
@@ -283,13 +295,6 @@ def test_a_tunnel_through_the_tls_listener_is_never_spliced(
 # --- long response bodies on the plain forward path -------------------------------------
 
 
-def bodies_spliced(gw: RunningGateway) -> float:
-    text = requests.get(url_of(gw.admin, "/metrics"), timeout=5).text
-    found = re.search(r"^fixedip_bodies_spliced_total (\S+)$", text, re.M)
-    assert found, "fixedip_bodies_spliced_total is missing from /metrics"
-    return float(found.group(1))
-
-
 def test_a_long_body_is_spliced_and_the_client_connection_stays_usable(
     gateway: RunningGateway, vendor: VendorServer, tmp_path
 ) -> None:
@@ -301,7 +306,7 @@ def test_a_long_body_is_spliced_and_the_client_connection_stays_usable(
     assert big.status_code == 200 and len(big.content) == n
     assert hashlib.sha256(big.content).hexdigest() == big_body_sha256(n)
     assert after.status_code == 200 and after.json()["path"] == "/after"
-    assert bodies_spliced(gateway) == 1
+    assert counter(gateway, "fixedip_bodies_spliced_total") == 1
     ports = [port for _, port, _, _ in vendor.seen]
     assert len(ports) == 2 and ports[0] != ports[1]  # the spliced upstream was not reused
     records = read_flow_log(tmp_path / "flow.jsonl", 2)
@@ -319,56 +324,25 @@ def test_short_and_chunked_bodies_stay_in_python(
     r2 = requests.get(vendor.url(f"/big?n={chunked}&mode=chunked"), proxies=proxies, timeout=20)
     assert hashlib.sha256(r1.content).hexdigest() == big_body_sha256(small)
     assert hashlib.sha256(r2.content).hexdigest() == big_body_sha256(chunked)
-    assert bodies_spliced(gateway) == 0
-
-
-class ShortOrigin:
-    """Promises `length` bytes of body and closes after `sent` of them."""
-
-    def __init__(self, length: int, sent: int) -> None:
-        self.length, self.sent = length, sent
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        with conn:
-            head = b""
-            while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
-                head += chunk
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.length)
-            with contextlib.suppress(OSError):
-                conn.sendall(payload(self.sent))
-
-    def close(self) -> None:
-        self.sock.close()
-        self.thread.join(10)
+    assert counter(gateway, "fixedip_bodies_spliced_total") == 0
 
 
 def test_a_spliced_body_cut_short_by_the_upstream_cuts_the_client_off(
-    make_gateway: MakeGateway, tmp_path
+    make_gateway: MakeGateway, sender: Callable[..., BulkSender], tmp_path
 ) -> None:
-    origin = ShortOrigin(length=8 * splice.SPLICE_AFTER, sent=3 * splice.SPLICE_AFTER)
-    try:
-        gw = make_gateway()
-        with socket.create_connection(gw.http, timeout=10) as sock:
-            sock.sendall(
-                f"GET http://127.0.0.1:{origin.port}/x HTTP/1.1\r\n"
-                f"Host: 127.0.0.1:{origin.port}\r\n"
-                f"Proxy-Authorization: {basic('billing', TOKENS['billing'])}\r\n\r\n".encode()
-            )
-            got, _ = read_all(sock)
-    finally:
-        origin.close()
+    origin = sender(3 * splice.SPLICE_AFTER, "close", http_length=8 * splice.SPLICE_AFTER)
+    gw = make_gateway()
+    with socket.create_connection(gw.http, timeout=10) as sock:
+        sock.sendall(
+            f"GET http://127.0.0.1:{origin.port}/x HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{origin.port}\r\n"
+            f"Proxy-Authorization: {basic('billing', TOKENS['billing'])}\r\n\r\n".encode()
+        )
+        got, _ = read_all(sock)
     head, _, body = got.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
     assert body == payload(3 * splice.SPLICE_AFTER)  # all that came, then the cut
-    assert bodies_spliced(gw) == 1
+    assert counter(gw, "fixedip_bodies_spliced_total") == 1
     (record,) = read_flow_log(tmp_path / "flow.jsonl", 1)
     assert record["reason"] == "upstream_closed"
     assert record["bytes_down"] == 3 * splice.SPLICE_AFTER
