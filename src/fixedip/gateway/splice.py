@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import resource
@@ -59,6 +60,7 @@ _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP if AVAILABLE
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def max_spliced() -> int:
     """Spliced transfers allowed at once: MAX_SPLICED, and no more than a sixteenth of
     the descriptor limit (a tunnel holds six extra descriptors)."""
