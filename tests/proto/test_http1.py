@@ -25,6 +25,7 @@ from fixedip.proto.http1 import (
     Upgrade,
     canonical_host,
     chunk,
+    connection_tokens,
     end_to_end,
     parse_absolute_target,
     parse_connect_target,
@@ -1293,6 +1294,21 @@ def test_end_to_end_removes_headers_named_in_connection() -> None:
     ]
 
     assert end_to_end(headers) == [(b"Host", b"a"), (b"X-Kept", b"4")]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"X-Trace, x-session", b"x-trace,X-SESSION , Host", b"x-trace, x-session, " + b"x" * 80],
+)
+def test_one_connection_field_gives_the_same_names_each_time_short_or_long(value: bytes) -> None:
+    """One short Connection value is remembered, a long one worked out each time: the
+    same names either way, and the next request's answer is not the last one's."""
+    expected = {b"x-trace", b"x-session"} | ({b"x" * 80} if len(value) > 64 else set())
+    headers = [(b"Host", b"a"), (b"Connection", value), (b"X-Trace", b"1")]
+    for _ in range(2):
+        assert connection_tokens(headers) == expected
+    assert connection_tokens([(b"Connection", b"keep-alive")]) == {b"keep-alive"}
+    assert connection_tokens([(b"Host", b"a")]) == frozenset()
 
 
 def test_connection_header_cannot_remove_host() -> None:

@@ -844,14 +844,34 @@ def connection_tokens(
         lnames = [k.lower() for k, _ in headers]
     if b"connection" not in lnames:
         return _NOTHING
+    i = lnames.index(b"connection")
+    value = headers[i][1]
+    if len(value) <= _CONNECTION_MEMO_VALUE and b"connection" not in lnames[i + 1 :]:
+        # One short field, usually "keep-alive" or "close": the same answer every time.
+        listed = _CONNECTION_MEMO.get(value)
+        if listed is None:
+            if len(_CONNECTION_MEMO) >= _CONNECTION_MEMO_SIZE:
+                _CONNECTION_MEMO.clear()
+            listed = _CONNECTION_MEMO[value] = _listed_names([value])
+        return listed
+    return _listed_names(
+        [v for lname, (_, v) in zip(lnames, headers, strict=True) if lname == b"connection"]
+    )
+
+
+def _listed_names(values: list[bytes]) -> frozenset[bytes]:
     names: set[bytes] = set()
-    for lname, (_, v) in zip(lnames, headers, strict=True):
-        if lname == b"connection":
-            for token in v.split(b","):
-                t = token.strip().lower()
-                if t and t not in _PROTECTED:
-                    names.add(t)
+    for v in values:
+        for token in v.split(b","):
+            t = token.strip().lower()
+            if t and t not in _PROTECTED:
+                names.add(t)
     return frozenset(names)
+
+
+_CONNECTION_MEMO: dict[bytes, frozenset[bytes]] = {}
+_CONNECTION_MEMO_SIZE: Final = 256
+_CONNECTION_MEMO_VALUE: Final = 64
 
 
 def _is_proxy_header(lname: bytes) -> bool:
