@@ -261,3 +261,21 @@ def test_render_returns_the_prometheus_text_content_type() -> None:
     body, content_type = Metrics().render()
     assert content_type.startswith("text/plain")
     assert b"# TYPE fixedip_requests_total counter" in body
+
+
+def test_docs_metrics_md_names_every_metric_the_gateway_registers() -> None:
+    """A metric nobody can look up is a metric nobody alerts on: each one the proxy, the
+    TLS listener and the fleet define is listed in docs/metrics.md."""
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src" / "fixedip"
+    defined: set[str] = set()
+    for path in ("observe/metrics.py", "gateway/tls.py", "fleet/node.py"):
+        defined |= set(
+            re.findall(r'"(fixedip_[a-z_]+)",\s*\n?\s*"[A-Z1]', (src / path).read_text())
+        )
+    assert len(defined) >= 19  # the pattern still finds the definitions
+    docs = (src.parents[1] / "docs" / "metrics.md").read_text()
+    listed = set(re.findall(r"`(fixedip_[a-z_]+?)(?:_total)?`", docs))
+    assert defined - listed == set()
