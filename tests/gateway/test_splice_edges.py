@@ -1,0 +1,537 @@
+"""Splicing's edges, by real sockets: half-closes after the switch, pipelined requests
+around a spliced body, slow clients, the cap on spliced transfers, shutdown and resets
+mid-transfer. Each case would lose, reorder or leak bytes if the hand-over were wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fixedip.gateway import splice
+from tests.gateway.test_splice import billing, counter, payload, read_all, spliced, tunnel_client
+from tests.helpers import (
+    TOKENS,
+    RunningGateway,
+    VendorServer,
+    basic,
+    big_body_sha256,
+    read_flow_log,
+)
+
+MakeGateway = Callable[..., RunningGateway]
+MIB = splice.SPLICE_AFTER  # 1 MiB: a tunnel that carried this much has switched
+
+
+class Scripted:
+    """A destination that runs `script(conn)` for each of up to `count` connections, each
+    in a thread; what the scripts return lands in `results`. `release` lets scripts that
+    hold their connection open go on."""
+
+    def __init__(self, script: Callable[[socket.socket, Scripted], Any], count: int = 1) -> None:
+        self.script, self.count = script, count
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(20)
+        self.port = self.sock.getsockname()[1]
+        self.release = threading.Event()
+        self.results: list[Any] = []
+        self.threads: list[threading.Thread] = []
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def _accept(self) -> None:
+        for _ in range(self.count):
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _run(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        with conn:
+            try:
+                self.results.append(self.script(conn, self))
+            except OSError as exc:
+                self.results.append(exc)
+
+    def wait(self, n: int = 1, timeout: float = 20) -> list[Any]:
+        """The first `n` results, waiting for them (bounded)."""
+        deadline = time.monotonic() + timeout
+        while len(self.results) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.results) >= n, f"only {len(self.results)} of {n} scripts ended"
+        return self.results[:n]
+
+    def close(self) -> None:
+        self.release.set()
+        self.sock.close()
+        self.acceptor.join(10)
+        for thread in self.threads:
+            thread.join(10)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., Scripted]]:
+    made: list[Scripted] = []
+
+    def make(script: Callable[[socket.socket, Scripted], Any], count: int = 1) -> Scripted:
+        made.append(Scripted(script, count))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    got = bytearray()
+    while len(got) < n:
+        chunk = sock.recv(min(1 << 20, n - len(got)))
+        assert chunk, f"the stream ended after {len(got)} of {n} bytes"
+        got += chunk
+    return bytes(got)
+
+
+def read_to_eof(conn: socket.socket) -> bytes:
+    got = bytearray()
+    while chunk := conn.recv(1 << 20):
+        got += chunk
+    return bytes(got)
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return check()
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with an RST (SO_LINGER 0), the way a crashed client goes."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def fd_kinds() -> dict[str, int]:
+    """Open descriptors of this process by kind: pipes, epoll sets, sockets."""
+    kinds = {"pipe": 0, "eventpoll": 0, "socket": 0}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        for kind in kinds:
+            if kind in target:
+                kinds[kind] += 1
+    return kinds
+
+
+def no_more_than(before: dict[str, int], timeout: float = 5) -> dict[str, int]:
+    wait_for(lambda: all(fd_kinds()[k] <= before[k] for k in before), timeout)
+    return fd_kinds()
+
+
+# --- HTTP on a raw client socket ----------------------------------------------------
+
+
+def get(url_path: str, port: int, method: str = "GET") -> bytes:
+    return (
+        f"{method} http://127.0.0.1:{port}{url_path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Proxy-Authorization: {basic('billing', TOKENS['billing'])}\r\n\r\n"
+    ).encode()
+
+
+class Reader:
+    """Responses read one after another off one client connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buf = sock, bytearray()
+
+    def head(self) -> tuple[int, dict[str, str]]:
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            assert chunk, f"the connection ended inside a response head: {bytes(self.buf)!r}"
+            self.buf += chunk
+        raw, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
+        self.buf = bytearray(rest)
+        status_line, *lines = raw.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
+        return int(status_line.split()[1]), headers
+
+    def body(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(min(1 << 20, n - len(self.buf)))
+            assert chunk, f"the connection ended after {len(self.buf)} of {n} body bytes"
+            self.buf += chunk
+        out, self.buf = bytes(self.buf[:n]), self.buf[n:]
+        return out
+
+    def response(self, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+        status, headers = self.head()
+        n = 0 if method == "HEAD" else int(headers.get("content-length", "0"))
+        return status, headers, self.body(n)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- tunnels: half-closes after the switch ------------------------------------------
+
+
+def test_a_client_half_close_after_the_switch_still_delivers_the_whole_download(
+    make_gateway: MakeGateway, scripted: Callable[..., Scripted]
+) -> None:
+    """The destination answers only after it hears the client's FIN, and answers a lot:
+    the spliced tunnel must pass the FIN on and keep the other way flowing to its end."""
+    later = payload(9 * MIB)[MIB:]
+
+    def script(conn: socket.socket, _: Scripted) -> int:
+        conn.sendall(payload(2 * MIB))
+        heard = len(read_to_eof(conn))  # the client's half-close must reach us
+        conn.sendall(later)
+        return heard
+
+    server = scripted(script)
+    gw = make_gateway(clients=[billing(server.port)])
+    with tunnel_client(gw, server.port) as sock:
+        sock.settimeout(20)
+        assert recv_exactly(sock, 2 * MIB) == payload(2 * MIB)
+        assert spliced(gw) == 1
+        sock.shutdown(socket.SHUT_WR)
+        got, ended = read_all(sock)
+    assert server.wait() == [0]
+    assert ended == "eof"
+    assert len(got) == len(later) and sha(got) == sha(later)
+    assert wait_for(lambda: splice.active() == 0)
+
+
+def test_a_destination_half_close_after_the_switch_still_takes_the_whole_upload(
+    make_gateway: MakeGateway, scripted: Callable[..., Scripted]
+) -> None:
+    """The destination half-closes first, then reads to the end: every byte the client
+    sends after the EOF reached it must still arrive, and the tunnel then ends."""
+    upload = payload(8 * MIB + 4321)
+
+    def script(conn: socket.socket, _: Scripted) -> tuple[int, str]:
+        conn.sendall(payload(2 * MIB))
+        assert conn.recv(1) == b"g"
+        conn.shutdown(socket.SHUT_WR)
+        got = read_to_eof(conn)
+        return len(got), sha(got)
+
+    server = scripted(script)
+    gw = make_gateway(clients=[billing(server.port)])
+    with tunnel_client(gw, server.port) as sock:
+        sock.settimeout(20)
+        assert recv_exactly(sock, 2 * MIB) == payload(2 * MIB)
+        assert spliced(gw) == 1
+        sock.sendall(b"g")
+        assert sock.recv(1) == b""  # the destination's half-close, passed on
+        sock.sendall(upload)
+        sock.shutdown(socket.SHUT_WR)
+        (result,) = server.wait()
+    assert result == (len(upload), sha(upload))
+    assert wait_for(lambda: splice.active() == 0)
+
+
+# --- spliced bodies and the requests around them ------------------------------------
+
+
+def test_a_request_pipelined_behind_a_spliced_body_is_answered_after_it(
+    gateway: RunningGateway, vendor: VendorServer
+) -> None:
+    n = 6 * MIB + 99
+    with socket.create_connection(gateway.http, timeout=20) as sock:
+        sock.sendall(get(f"/big?n={n}&mode=length", vendor.port) + get("/after", vendor.port))
+        reader = Reader(sock)
+        status, headers, body = reader.response()
+        assert status == 200 and headers["content-length"] == str(n)
+        assert sha(body) == big_body_sha256(n)
+        status, _, after = reader.response()
+        assert status == 200 and b'"path": "/after"' in after
+    assert counter(gateway, "fixedip_bodies_spliced_total") == 1
+
+
+def test_a_request_sent_while_a_body_is_being_spliced_waits_its_turn(
+    gateway: RunningGateway, vendor: VendorServer
+) -> None:
+    n = 8 * MIB
+    with socket.create_connection(gateway.http, timeout=20) as sock:
+        sock.sendall(get(f"/big?n={n}&mode=length", vendor.port))
+        reader = Reader(sock)
+        status, _ = reader.head()
+        first = reader.body(2 * MIB)
+        assert status == 200
+        assert wait_for(lambda: counter(gateway, "fixedip_bodies_spliced_total") == 1)
+        sock.sendall(get("/during", vendor.port))  # the splicer is moving the body now
+        rest = reader.body(n - 2 * MIB)
+        assert sha(first + rest) == big_body_sha256(n)
+        status, _, after = reader.response()
+        assert status == 200 and b'"path": "/during"' in after
+
+
+def test_a_keep_alive_connection_carries_head_small_and_spliced_bodies_in_turn(
+    gateway: RunningGateway, vendor: VendorServer
+) -> None:
+    """Two spliced bodies, a HEAD and small GETs on one client connection, pipelined."""
+    n1, n2 = 3 * MIB + 1, 5 * MIB + 7
+    with socket.create_connection(gateway.http, timeout=20) as sock:
+        sock.sendall(
+            get(f"/big?n={n1}&mode=length", vendor.port)
+            + get("/head", vendor.port, method="HEAD")
+            + get("/small", vendor.port)
+            + get(f"/big?n={n2}&mode=length", vendor.port)
+            + get("/last", vendor.port)
+        )
+        reader = Reader(sock)
+        _, _, big1 = reader.response()
+        status, headers, _ = reader.response("HEAD")
+        assert status == 200 and int(headers["content-length"]) > 0
+        _, _, small = reader.response()
+        _, _, big2 = reader.response()
+        _, _, last = reader.response()
+    assert sha(big1) == big_body_sha256(n1) and sha(big2) == big_body_sha256(n2)
+    assert b'"path": "/small"' in small and b'"path": "/last"' in last
+    assert counter(gateway, "fixedip_bodies_spliced_total") == 2
+    methods = [(method, path.split("?")[0]) for _, _, method, path in vendor.seen]
+    assert methods == [
+        ("GET", "/big"),
+        ("HEAD", "/head"),
+        ("GET", "/small"),
+        ("GET", "/big"),
+        ("GET", "/last"),
+    ]
+
+
+def test_bytes_an_origin_sends_past_a_spliced_body_never_reach_the_client(
+    make_gateway: MakeGateway, scripted: Callable[..., Scripted], vendor: VendorServer
+) -> None:
+    """An origin that answers one request twice: the second answer sits behind the spliced
+    body in the upstream socket, and must not become the answer to the next request."""
+    n = 3 * MIB
+
+    def script(conn: socket.socket, server: Scripted) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+            head += chunk
+        smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n + payload(n) + smuggled)
+        server.release.wait(20)
+
+    origin = scripted(script)
+    gw = make_gateway()
+    with socket.create_connection(gw.http, timeout=20) as sock:
+        sock.sendall(get("/x", origin.port))
+        reader = Reader(sock)
+        status, _, body = reader.response()
+        assert status == 200 and body == payload(n)
+        sock.sendall(get("/next", vendor.port))
+        status, _, nxt = reader.response()
+    assert status == 200 and b'"path": "/next"' in nxt
+    assert counter(gw, "fixedip_bodies_spliced_total") == 1
+
+
+# --- slow clients -------------------------------------------------------------------
+
+
+def slow_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(20)
+    return sock
+
+
+def read_slowly(sock: socket.socket, n: int) -> bytes:
+    """`n` bytes in small reads with pauses: the gateway's writes to us keep blocking."""
+    got = bytearray()
+    for i in range(200_000):  # bounded: far more reads than 8 MiB in 4 KiB pieces needs
+        if len(got) >= n:
+            break
+        chunk = sock.recv(min(4096, n - len(got)))
+        assert chunk, f"the stream ended after {len(got)} of {n} bytes"
+        got += chunk
+        if i % 64 == 0:
+            time.sleep(0.002)
+    return bytes(got)
+
+
+def test_a_slow_client_gets_a_spliced_body_whole(
+    gateway: RunningGateway, vendor: VendorServer
+) -> None:
+    n = 6 * MIB + 3
+    with slow_socket() as sock:
+        sock.connect(gateway.http)
+        sock.sendall(get(f"/big?n={n}&mode=length", vendor.port) + get("/after", vendor.port))
+        reader = Reader(sock)
+        status, _ = reader.head()
+        body = bytes(reader.buf) + read_slowly(sock, n - len(reader.buf))
+        reader.buf = bytearray()
+        assert status == 200 and sha(body) == big_body_sha256(n)
+        _, _, after = reader.response()
+    assert b'"path": "/after"' in after
+    assert counter(gateway, "fixedip_bodies_spliced_total") == 1
+
+
+def test_a_slow_client_gets_a_spliced_tunnel_download_whole(
+    make_gateway: MakeGateway, scripted: Callable[..., Scripted]
+) -> None:
+    data = payload(6 * MIB + 5)
+    server = scripted(lambda conn, _: conn.sendall(data))
+    gw = make_gateway(clients=[billing(server.port)])
+    with slow_socket() as raw:
+        raw.connect(gw.http)
+        raw.sendall(
+            f"CONNECT 127.0.0.1:{server.port} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            f"Proxy-Authorization: {basic('billing', TOKENS['billing'])}\r\n\r\n".encode()
+        )
+        reader = Reader(raw)
+        status, _ = reader.head()
+        assert status == 200
+        got = bytes(reader.buf) + read_slowly(raw, len(data) - len(reader.buf))
+        assert raw.recv(1) == b""
+    assert sha(got) == sha(data)
+    assert spliced(gw) == 1
+
+
+# --- the cap ------------------------------------------------------------------------
+
+
+def test_tunnels_beyond_the_cap_stay_on_the_transports_and_all_complete(
+    make_gateway: MakeGateway, scripted: Callable[..., Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(splice, "max_spliced", lambda: 2)
+    tunnels = 4
+    first, second = payload(2 * MIB), payload(5 * MIB)[2 * MIB :]
+
+    def script(conn: socket.socket, _: Scripted) -> None:
+        conn.sendall(first)
+        assert conn.recv(1) == b"g"
+        conn.sendall(second)
+
+    server = scripted(script, count=tunnels)
+    gw = make_gateway(clients=[billing(server.port)])
+    socks = [tunnel_client(gw, server.port) for _ in range(tunnels)]
+    try:
+        for sock in socks:
+            sock.settimeout(20)
+            assert recv_exactly(sock, len(first)) == first
+        # every tunnel is past the switch and idle: exactly the cap's worth are spliced
+        assert wait_for(lambda: splice.active() == 2)
+        assert spliced(gw) == 2
+        peak = [splice.active()]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                peak.append(splice.active())
+                time.sleep(0.001)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        for sock in socks:
+            sock.sendall(b"g")
+        results = [read_all(sock) for sock in socks]
+        done.set()
+        watcher.join(5)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert all(ended == "eof" and got == second for got, ended in results)
+    assert max(peak) <= 2
+    assert wait_for(lambda: splice.active() == 0)
+
+
+# --- shutdown and resets mid-transfer -----------------------------------------------
+
+
+def hold_after(size: int) -> Callable[[socket.socket, Scripted], str]:
+    """A destination that sends `size` bytes, then stays open until released."""
+
+    def script(conn: socket.socket, server: Scripted) -> str:
+        conn.sendall(payload(size))
+        server.release.wait(20)
+        return "released"
+
+    return script
+
+
+def test_draining_the_gateway_ends_a_spliced_tunnel_and_frees_its_descriptors(
+    make_gateway: MakeGateway, scripted: Callable[..., Scripted]
+) -> None:
+    server = scripted(hold_after(2 * MIB))
+    gw = make_gateway(clients=[billing(server.port)])
+    before = fd_kinds()
+    with tunnel_client(gw, server.port) as sock:
+        sock.settimeout(20)
+        assert recv_exactly(sock, 2 * MIB) == payload(2 * MIB)
+        assert spliced(gw) == 1 and splice.active() == 1
+        gw.run(gw.gateway.drain(0.2), timeout=15)
+        _, ended = read_all(sock)  # cut: an end of some kind, never a hang
+        assert ended in ("eof", "reset")
+    assert wait_for(lambda: splice.active() == 0)
+    server.release.set()
+    server.wait()
+    after = no_more_than(before)
+    assert after["pipe"] <= before["pipe"] and after["eventpoll"] <= before["eventpoll"]
+    assert after["socket"] <= before["socket"]
+
+
+@pytest.mark.parametrize("kind", ["connect", "body"])
+def test_a_client_reset_mid_transfer_closes_the_upstream_too(
+    kind: str,
+    make_gateway: MakeGateway,
+    scripted: Callable[..., Scripted],
+    tmp_path: Any,
+) -> None:
+    """The destination keeps sending (64 MiB, far more than any buffer): once the client
+    is gone with an RST, its sends must fail, not block until its own timeout."""
+    big = 64 * MIB
+
+    def script(conn: socket.socket, _: Scripted) -> str:
+        if kind == "body":
+            head = b""
+            while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+                head += chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % big)
+        block = payload(MIB)
+        try:
+            for _ in range(64):
+                conn.sendall(block)
+        except TimeoutError:
+            return "blocked"  # nobody closed us
+        except OSError:
+            return "cut"
+        return "all sent"
+
+    server = scripted(script)
+    gw = make_gateway(clients=[billing(server.port)])
+    metric = (
+        "fixedip_tunnels_spliced_total" if kind == "connect" else "fixedip_bodies_spliced_total"
+    )
+    if kind == "connect":
+        sock = tunnel_client(gw, server.port)
+        sock.settimeout(20)
+        recv_exactly(sock, 2 * MIB)
+    else:
+        sock = socket.create_connection(gw.http, timeout=20)
+        sock.sendall(get("/x", server.port))
+        reader = Reader(sock)
+        assert reader.head()[0] == 200
+        reader.body(2 * MIB)
+    assert wait_for(lambda: counter(gw, metric) == 1)
+    reset(sock)
+    assert server.wait() == ["cut"]
+    assert wait_for(lambda: splice.active() == 0)
+    (record,) = read_flow_log(tmp_path / "flow.jsonl", 1)
+    assert record["bytes_down"] >= 2 * MIB
