@@ -245,6 +245,35 @@ def test_check_refuses_a_peer_outside_the_source_cidrs() -> None:
     assert decision.rule == "clients.billing"
 
 
+def test_check_header_judges_raw_values_as_check_does_and_decodes_each_once(
+    count_verify: list[tuple[str, str]],
+) -> None:
+    restricted = Client("billing", [token_hash("billing")], nets("10.0.0.0/8"))
+    authenticator = Authenticator([restricted])
+    good = basic(b"billing:" + TOKENS["billing"].encode())
+    cases = [
+        (good, ip("10.1.2.3"), (restricted, ALLOWED)),
+        (
+            good,
+            ip("203.0.113.5"),
+            (restricted, Decision(Reason.SOURCE_NOT_ALLOWED, rule="clients.billing")),
+        ),
+        (basic(b"billing:wrong"), ip("10.1.2.3"), (None, Decision(Reason.AUTH_INVALID))),
+        (
+            b"Bearer " + TOKENS["billing"].encode(),
+            ip("10.1.2.3"),
+            (None, Decision(Reason.AUTH_REQUIRED)),
+        ),
+        (b"Basic not base64!", ip("10.1.2.3"), (None, Decision(Reason.AUTH_REQUIRED))),
+    ]
+    for _ in range(3):  # the second and third rounds come from the cache
+        for value, peer, expected in cases:
+            assert authenticator.check_header(value, peer) == expected, value
+            creds = parse_basic(value)
+            assert authenticator.check(creds, peer) == expected
+    assert len(count_verify) == 2  # the good token and the wrong one, once each
+
+
 def test_check_judges_an_ipv4_mapped_peer_as_its_ipv4_address() -> None:
     restricted = Client("billing", [token_hash("billing")], nets("10.0.0.0/8"))
     authenticator = Authenticator([restricted])

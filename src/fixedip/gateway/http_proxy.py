@@ -28,7 +28,6 @@ from fixedip.gateway.runtime import (
     dial_now,
 )
 from fixedip.gateway.session import MAX_EARLY_BYTES, ClientSession
-from fixedip.policy.auth import parse_basic
 from fixedip.policy.decision import Decision, Reason
 from fixedip.proto import http1
 from fixedip.proto.http1 import (
@@ -284,8 +283,10 @@ class HttpProxySession(ClientSession):
         memo = self.auth_memo
         if memo is not None and memo[0] is rt and memo[1] == value:
             return memo[2], memo[3]
-        creds = parse_basic(value) if value is not None else None
-        client, decision = rt.auth.check(creds, self.peer_ip)
+        if value is None:
+            client, decision = rt.auth.check(None, self.peer_ip)
+        else:
+            client, decision = rt.auth.check_header(value, self.peer_ip)
         self.auth_memo = (rt, value, client, decision)
         return client, decision
 

@@ -29,6 +29,25 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_EARLY_BYTES = 256 * 1024
 
 
+_NO_PEER = ipaddress.IPv4Address(0)
+_PEERS: dict[str, IPAddress] = {}  # a client's address text → its address, bounded
+_PEERS_MAX = 4096
+
+
+def peer_address(text: str) -> IPAddress:
+    """A peer's address (an IPv4-mapped IPv6 one as IPv4), parsed once per address, not
+    once per connection: parsing is most of what accepting a connection costs in Python."""
+    found = _PEERS.get(text)
+    if found is None:
+        found = ipaddress.ip_address(text.split("%", 1)[0])
+        if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped:
+            found = found.ipv4_mapped
+        if len(_PEERS) >= _PEERS_MAX:
+            _PEERS.clear()
+        _PEERS[text] = found
+    return found
+
+
 class ClientSession(asyncio.Protocol):
     listener = "?"
 
@@ -36,7 +55,7 @@ class ClientSession(asyncio.Protocol):
         self.gw = gateway
         self.loop = gateway.loop
         self.transport: asyncio.Transport | None = None
-        self.peer_ip: IPAddress = ipaddress.IPv4Address(0)
+        self.peer_ip: IPAddress = _NO_PEER
         self.peer = ""
         self.upstream: Upstream | None = None
         self.record: FlowRecord | None = None
@@ -58,9 +77,7 @@ class ClientSession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
-        self.peer_ip = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
-        if isinstance(self.peer_ip, ipaddress.IPv6Address) and self.peer_ip.ipv4_mapped:
-            self.peer_ip = self.peer_ip.ipv4_mapped
+        self.peer_ip = peer_address(str(peer[0]))
         self.peer = f"{peer[0]}:{peer[1]}"
         self.gw.session_opened(self)
         if self.gw.over_capacity():

@@ -3,7 +3,8 @@
 Each `Metrics` owns its own `CollectorRegistry`, so several gateways (or tests) in one
 process never share counters. Label children are looked up once and kept in dicts.
 Finished flows, one per request, are summed in plain integers and added to their
-counters when the registry is read (`_FlushFirst`), so a request pays no counter locks.
+counters when the registry is read (`_FlushFirst`), so a request pays no counter locks;
+open connections are counted the same way.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class Metrics:
         )
         self._flow_children: dict[tuple[str, str, str, str, str], _FlowChildren] = {}
         self._connect_children: dict[str, Any] = {}
-        self._connection_children: dict[str, Any] = {}
+        self._connections: dict[str, int] = {}  # open now, by listener; set at read
         self._egress_public: dict[str, str] = {}
 
     def observe_flow(self, record: FlowRecord) -> None:
@@ -182,7 +183,10 @@ class Metrics:
             sums[2] += record.bytes_down
 
     def flush_flows(self) -> None:
-        """Add the flows summed since the last call to the Prometheus counters."""
+        """Add the flows summed since the last call to the Prometheus counters, and set
+        the open-connection gauges."""
+        for listener, count in list(self._connections.items()):
+            self._connections_open.labels(listener).set(count)
         sums, self._flow_sums = self._flow_sums, {}
         for key, (flows, up, down) in sums.items():
             children = self._flow_children.get(key)
@@ -229,16 +233,10 @@ class Metrics:
         self._bodies_spliced.inc()
 
     def connection_opened(self, listener: str) -> None:
-        self._connection_child(listener).inc()
+        self._connections[listener] = self._connections.get(listener, 0) + 1
 
     def connection_closed(self, listener: str) -> None:
-        self._connection_child(listener).dec()
-
-    def _connection_child(self, listener: str) -> Any:
-        child = self._connection_children.get(listener)
-        if child is None:
-            child = self._connection_children[listener] = self._connections_open.labels(listener)
-        return child
+        self._connections[listener] -= 1
 
     def set_egress(self, bind: str, public: str, up: bool) -> None:
         """Mark an egress IP in (1) or out (0) of service.

@@ -2,7 +2,9 @@
 
 scrypt is slow on purpose, so verdicts are cached process-wide, keyed by a SHA-256 of the
 presented credentials: a keep-alive client (or a reconnecting one) pays the hash once.
-Failures are cached too, so a flood of wrong tokens cannot burn the CPU.
+Failures are cached too, so a flood of wrong tokens cannot burn the CPU. A raw
+Proxy-Authorization value is cached the same way (`check_header`), so a client opening
+a connection per request is not decoded again each time.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class Authenticator(Generic[C]):
     def __init__(self, clients: Iterable[C]) -> None:
         self._clients: dict[str, C] = {c.name: c for c in clients}
         self._cache: dict[bytes, C | None] = {}
+        # SHA-256 of a whole Proxy-Authorization value → (is it Basic credentials, whose)
+        self._headers: dict[bytes, tuple[bool, C | None]] = {}
+        self._sources: dict[tuple[str, IPAddress], bool] = {}  # (client, peer) → in its CIDRs
 
     @property
     def has_clients(self) -> bool:
@@ -94,10 +99,36 @@ class Authenticator(Generic[C]):
         """Authenticate and apply the client's source-CIDR restriction."""
         if creds is None:
             return None, Decision(Reason.AUTH_REQUIRED)
-        client = self.authenticate(creds)
+        return self._verdict(self.authenticate(creds), peer)
+
+    def check_header(self, value: bytes, peer: IPAddress) -> tuple[C | None, Decision]:
+        """`check` for a raw Proxy-Authorization value. What the value says is cached by
+        its SHA-256, so a client opening a connection per request has its header decoded
+        once, not every time (the value itself is never kept)."""
+        key = hashlib.sha256(value).digest()
+        try:
+            basic, client = self._headers[key]
+        except KeyError:
+            creds = parse_basic(value)
+            basic, client = creds is not None, self.authenticate(creds)
+            if len(self._headers) >= CACHE_MAX_ENTRIES:
+                self._headers.clear()
+            self._headers[key] = (basic, client)
+        if not basic:
+            return None, Decision(Reason.AUTH_REQUIRED)
+        return self._verdict(client, peer)
+
+    def _verdict(self, client: C | None, peer: IPAddress) -> tuple[C | None, Decision]:
         if client is None:
             return None, Decision(Reason.AUTH_INVALID)
-        if not source_allowed(peer, client.source_cidrs):
+        key = (client.name, peer)
+        allowed = self._sources.get(key)
+        if allowed is None:
+            allowed = source_allowed(peer, client.source_cidrs)
+            if len(self._sources) >= CACHE_MAX_ENTRIES:
+                self._sources.clear()
+            self._sources[key] = allowed
+        if not allowed:
             return client, Decision(Reason.SOURCE_NOT_ALLOWED, rule=f"clients.{client.name}")
         return client, ALLOWED
 

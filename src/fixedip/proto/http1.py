@@ -812,7 +812,26 @@ def parse_connect_target(raw: bytes) -> Target:
 
 
 def parse_absolute_target(raw: bytes) -> Target:
-    """`http://host[:port]/path?query` → Target. Other schemes and userinfo are refused."""
+    """`http://host[:port]/path?query` → Target. Other schemes and userinfo are refused.
+    Short targets are remembered (bounded): functions call the same URLs again and again,
+    a connection per request as often as not."""
+    if len(raw) <= _TARGET_MEMO_BYTES:
+        target = _TARGET_MEMO.get(raw)
+        if target is None:
+            target = _parse_absolute_target(raw)
+            if len(_TARGET_MEMO) >= _TARGET_MEMO_SIZE:
+                _TARGET_MEMO.clear()
+            _TARGET_MEMO[raw] = target
+        return target
+    return _parse_absolute_target(raw)
+
+
+_TARGET_MEMO: dict[bytes, Target] = {}
+_TARGET_MEMO_SIZE: Final = 4096
+_TARGET_MEMO_BYTES: Final = 256
+
+
+def _parse_absolute_target(raw: bytes) -> Target:
     lower = raw[:8].lower()
     if lower.startswith(b"https://"):
         raise ProtocolError(400, "https:// targets need CONNECT (the gateway does not see TLS)")
