@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import resource
 import socket
 import struct
 import threading
@@ -19,7 +20,9 @@ import pytest
 from fixedip.gateway import splice
 from tests.gateway.test_splice import billing, counter, payload, read_all, spliced, tunnel_client
 from tests.helpers import (
+    ALLOWED_EGRESS,
     TOKENS,
+    EchoServer,
     RunningGateway,
     VendorServer,
     basic,
@@ -746,3 +749,73 @@ def test_stopping_the_gateway_without_a_drain_ends_a_tunnel_and_frees_its_descri
             gw.stop()
         for splicer in splicers:  # the leak, undone: later tests count splice.active()
             splicer.stop()
+
+
+# --- no descriptors left at the switch ----------------------------------------------
+
+
+@contextlib.contextmanager
+def only_descriptors_left(k: int) -> Iterator[None]:
+    """Lower this process's descriptor limit so that exactly `k` more can be opened (the
+    `k` lowest free numbers), restoring it afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    probe = [os.dup(0) for _ in range(k)]
+    limit = max(probe) + 1
+    for fd in probe:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize(
+    "left", [1, 2, 4, 64], ids=["second-dup", "first-pipe", "second-pipe", "enough"]
+)
+def test_a_tunnel_that_cannot_get_its_descriptors_stays_on_the_transports_and_leaks_none(
+    left: int,
+    make_gateway: MakeGateway,
+    echo: EchoServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Splicer fails half-built (a dup or a pipe short): what it opened is closed, the
+    tunnel goes on as if it never tried, and it does not try again."""
+    monkeypatch.setattr(splice, "max_spliced", lambda: splice.MAX_SPLICED)
+    gw = make_gateway(clients=[billing(echo.port)])
+    greeting = f"peer {ALLOWED_EGRESS}\n".encode()
+    data = payload(4 * MIB)
+    first, switch, rest = data[: MIB // 4], data[MIB // 4 : 2 * MIB], data[2 * MIB :]
+    with tunnel_client(gw, echo.port) as sock:
+        sock.settimeout(20)
+        assert echo_some(sock, first, len(greeting)) == greeting + first
+        before = fd_kinds()
+        with only_descriptors_left(left):  # only while the tunnel passes 1 MiB
+            assert echo_some(sock, switch) == switch
+        echoed = echo_through_quietly(sock, rest)
+    assert sha(echoed) == sha(rest)
+    assert spliced(gw) == (1 if left == 64 else 0)  # six descriptors and an epoll set
+    assert wait_for(lambda: splice.active() == 0)
+    after = no_more_than(before)
+    assert after["pipe"] <= before["pipe"] and after["socket"] <= before["socket"]
+
+
+def echo_some(sock: socket.socket, data: bytes, extra: int = 0) -> bytes:
+    """Send `data` (from a thread) and read back as many bytes, and `extra` more."""
+    want = len(data) + extra
+    sender = threading.Thread(target=sock.sendall, args=(data,))
+    sender.start()
+    got = recv_exactly(sock, want)
+    sender.join(20)
+    return got
+
+
+def echo_through_quietly(sock: socket.socket, data: bytes) -> bytes:
+    """Like echo_through, past the greeting: send (from a thread), half-close, read to EOF."""
+    sender = threading.Thread(target=lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
+    sender.start()
+    got = bytearray()
+    while chunk := sock.recv(1 << 20):
+        got += chunk
+    sender.join(20)
+    return bytes(got)
