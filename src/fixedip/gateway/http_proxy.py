@@ -577,8 +577,11 @@ class HttpProxySession(ClientSession):
             self.resp_left -= n
         self.touch(self.gw.runtime.config.timeouts.idle_s)
 
-    def _body_splice_end(self, exc: OSError | None) -> None:
+    def _body_splice_end(self, exc: OSError | None, by_client: bool) -> None:
         self.splicer = None
+        if exc is not None and by_client:
+            self.abort()  # the client went away: recorded as on the transports
+            return
         if exc is not None:
             self.upstream_broken(Reason.UPSTREAM_CLOSED, str(exc))
             return

@@ -367,6 +367,14 @@ class Gateway:
                 task.cancel()
         for server in self.servers.values():
             server.close()
+        if self.sessions:
+            # What drain() did not end, or a close without a drain: no client connection,
+            # and nothing a splicer holds, outlives the gateway.
+            self.draining = True
+            for session in list(self.sessions):
+                session.abort()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), 1.0)
         if self.tls is not None:
             self.tls.close()
         if self.echo is not None:

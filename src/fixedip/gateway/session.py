@@ -291,9 +291,9 @@ class ClientSession(asyncio.Protocol):
             self.record.bytes_down += n
         self.touch(self.gw.runtime.config.timeouts.tunnel_idle_s)
 
-    def _spliced_end(self, exc: OSError | None) -> None:
-        """Both ways ended (each passed its half-close on), or one failed: the tunnel is
-        over, as the transports would have ended it."""
+    def _spliced_end(self, exc: OSError | None, by_client: bool) -> None:
+        """Both ways ended (each passed its half-close on), or one side failed: the tunnel
+        is over, as the transports would have ended it."""
         self.splicer = None
         if exc is None:
             self.close()

@@ -198,7 +198,7 @@ class _Direction:
         except BlockingIOError:
             return
         except OSError as exc:
-            self.splicer.failed(exc)
+            self.splicer.failed(exc, self.src)
             return
         if n == 0:
             self.eof = True
@@ -226,7 +226,7 @@ class _Direction:
                 self._want_write()
                 return
             except OSError as exc:
-                self.splicer.failed(exc)
+                self.splicer.failed(exc, self.dst)
                 return
             self.in_pipe -= n
         if self.eof:
@@ -242,16 +242,19 @@ class _Direction:
                 os.close(fd)
 
 
-class Splice:
-    """Directions spliced on duplicates of the sockets; `on_end(error)` once, when every
-    direction has ended (None) or one failed (the error), after everything opened here
-    is let go."""
+# Told once, when a splice is over: None when every direction ended, else the error and
+# whether it came from the client's socket (the client went away) or the upstream's.
+OnEnd = Callable[[OSError | None, bool], None]
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, on_end: Callable[[OSError | None], None]
-    ) -> None:
+
+class Splice:
+    """Directions spliced on duplicates of the sockets; `on_end` once, after everything
+    opened here is let go."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_end: OnEnd) -> None:
         self.loop = loop
         self.on_end = on_end
+        self.client: socket.socket | None = None  # the duplicate of the client's socket
         self.ended = False
         self._counted = False  # in _active and the poller's users
         self._socks: list[socket.socket] = []
@@ -292,8 +295,8 @@ class Splice:
     def direction_ended(self, direction: _Direction) -> None:
         raise NotImplementedError
 
-    def failed(self, exc: OSError) -> None:
-        self._end(exc)
+    def failed(self, exc: OSError, sock: socket.socket) -> None:
+        self._end(exc, by_client=sock is self.client)
 
     def stop(self) -> None:
         """The session is closing for its own reasons (timeout, shutdown): let go quietly."""
@@ -301,12 +304,12 @@ class Splice:
             self.ended = True
             self._release()
 
-    def _end(self, exc: OSError | None) -> None:
+    def _end(self, exc: OSError | None, by_client: bool = False) -> None:
         if self.ended:
             return
         self.ended = True
         self._release()
-        self.on_end(exc)
+        self.on_end(exc, by_client)
 
     def _release(self) -> None:
         global _active
@@ -336,12 +339,13 @@ class Splicer(Splice):
         upstream: socket.socket | Any,
         count_up: Callable[[int], None],
         count_down: Callable[[int], None],
-        on_end: Callable[[OSError | None], None],
+        on_end: OnEnd,
     ) -> None:
         super().__init__(loop, on_end)
 
         def make() -> None:
-            a, b = self._dup(client), self._dup(upstream)
+            a = self.client = self._dup(client)
+            b = self._dup(upstream)
             self._dirs.append(_Direction(self, a, b, count_up))
             self._dirs.append(_Direction(self, b, a, count_down))
 
@@ -367,12 +371,13 @@ class BodySplicer(Splice):
         client: socket.socket | Any,
         length: int,
         count: Callable[[int], None],
-        on_end: Callable[[OSError | None], None],
+        on_end: OnEnd,
     ) -> None:
         super().__init__(loop, on_end)
 
         def make() -> None:
-            src, dst = self._dup(upstream), self._dup(client)
+            src = self._dup(upstream)
+            dst = self.client = self._dup(client)
             self._dirs.append(_Direction(self, src, dst, count, limit=length))
 
         self._open(make)
