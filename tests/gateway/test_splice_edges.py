@@ -934,3 +934,35 @@ def test_a_slow_destination_takes_a_spliced_upload_whole(
         assert server.wait() == [(len(upload), sha(upload))]
         assert read_all(sock) == (b"", "eof")
     assert spliced(gw) == 1
+
+
+@pytest.mark.parametrize("cap", [pytest.param(0, id="transports"), pytest.param(128, id="spliced")])
+def test_a_client_that_half_closes_after_its_request_still_gets_the_whole_body(
+    cap: int, gateway: RunningGateway, vendor: VendorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some clients send FIN once the request is out: the answer must still come whole,
+    spliced or not, and the connection then end."""
+    monkeypatch.setattr(splice, "max_spliced", lambda: cap)
+    n = 6 * MIB + 1
+    with socket.create_connection(gateway.http, timeout=20) as sock:
+        sock.sendall(get(f"/big?n={n}&mode=length", vendor.port))
+        sock.shutdown(socket.SHUT_WR)
+        got, ended = read_all(sock)
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and ended == "eof"
+    assert len(body) == n and sha(body) == big_body_sha256(n)
+    assert counter(gateway, "fixedip_bodies_spliced_total") == (1 if cap else 0)
+
+
+def test_an_http10_client_gets_a_spliced_body_then_the_close(
+    gateway: RunningGateway, vendor: VendorServer
+) -> None:
+    n = 3 * MIB + 3
+    request = get(f"/big?n={n}&mode=length", vendor.port).replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    with socket.create_connection(gateway.http, timeout=20) as sock:
+        sock.sendall(request)
+        got, ended = read_all(sock)
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert b"content-length: %d" % n in head.lower() and b"connection: close" in head.lower()
+    assert ended == "eof" and sha(body) == big_body_sha256(n)
+    assert counter(gateway, "fixedip_bodies_spliced_total") == 1
