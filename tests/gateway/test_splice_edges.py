@@ -966,3 +966,42 @@ def test_an_http10_client_gets_a_spliced_body_then_the_close(
     assert b"content-length: %d" % n in head.lower() and b"connection: close" in head.lower()
     assert ended == "eof" and sha(body) == big_body_sha256(n)
     assert counter(gateway, "fixedip_bodies_spliced_total") == 1
+
+
+@pytest.mark.parametrize("way", ["down", "up"])
+def test_a_spliced_tunnel_trickling_one_way_outlives_its_idle_timeout(
+    way: str, make_gateway: MakeGateway, scripted: Callable[..., Scripted]
+) -> None:
+    """Bytes moved by the splicer count as activity: a tunnel that keeps trickling for
+    longer than tunnel_idle_s (either way) is not cut."""
+    piece, pieces = 64 * 1024, 12  # one every 0.2 s: 2.4 s against an idle timeout of 1 s
+
+    def script(conn: socket.socket, _: Scripted) -> int:
+        conn.sendall(payload(2 * MIB))
+        if way == "down":
+            for _ in range(pieces):
+                time.sleep(0.2)
+                conn.sendall(payload(piece))
+            return 0
+        heard = len(read_to_eof(conn))
+        conn.sendall(b"%d" % heard)
+        return heard
+
+    server = scripted(script)
+    gw = make_gateway(clients=[billing(server.port)], timeouts={"tunnel_idle_s": 1})
+    with tunnel_client(gw, server.port) as sock:
+        sock.settimeout(20)
+        assert recv_exactly(sock, 2 * MIB) == payload(2 * MIB)
+        assert spliced(gw) == 1
+        if way == "up":
+            for _ in range(pieces):
+                time.sleep(0.2)
+                sock.sendall(payload(piece))
+            sock.shutdown(socket.SHUT_WR)
+        got, ended = read_all(sock)
+    assert ended == "eof"
+    if way == "down":
+        assert got == payload(piece) * pieces
+    else:
+        assert got == b"%d" % (piece * pieces)
+        assert server.wait() == [piece * pieces]
