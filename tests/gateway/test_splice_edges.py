@@ -196,8 +196,24 @@ def sha(data: bytes) -> str:
 # --- tunnels: half-closes after the switch ------------------------------------------
 
 
+def socks_client(gw: RunningGateway, port: int) -> socket.socket:
+    """A SOCKS5 tunnel to 127.0.0.1:`port`, authenticated as billing."""
+    sock = socket.create_connection(gw.socks, timeout=10)
+    user, password = b"billing", TOKENS["billing"].encode()
+    sock.sendall(b"\x05\x01\x02" + bytes([1, len(user)]) + user + bytes([len(password)]))
+    sock.sendall(password + b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1"))
+    sock.sendall(port.to_bytes(2, "big"))
+    assert recv_exactly(sock, 2) == b"\x05\x02"
+    assert recv_exactly(sock, 2) == b"\x01\x00"
+    assert recv_exactly(sock, 10)[:2] == b"\x05\x00"
+    return sock
+
+
+@pytest.mark.parametrize("client", [tunnel_client, socks_client], ids=["connect", "socks5"])
 def test_a_client_half_close_after_the_switch_still_delivers_the_whole_download(
-    make_gateway: MakeGateway, scripted: Callable[..., Scripted]
+    client: Callable[[RunningGateway, int], socket.socket],
+    make_gateway: MakeGateway,
+    scripted: Callable[..., Scripted],
 ) -> None:
     """The destination answers only after it hears the client's FIN, and answers a lot:
     the spliced tunnel must pass the FIN on and keep the other way flowing to its end."""
@@ -211,7 +227,7 @@ def test_a_client_half_close_after_the_switch_still_delivers_the_whole_download(
 
     server = scripted(script)
     gw = make_gateway(clients=[billing(server.port)])
-    with tunnel_client(gw, server.port) as sock:
+    with client(gw, server.port) as sock:
         sock.settimeout(20)
         assert recv_exactly(sock, 2 * MIB) == payload(2 * MIB)
         assert spliced(gw) == 1
@@ -223,8 +239,11 @@ def test_a_client_half_close_after_the_switch_still_delivers_the_whole_download(
     assert wait_for(lambda: splice.active() == 0)
 
 
+@pytest.mark.parametrize("client", [tunnel_client, socks_client], ids=["connect", "socks5"])
 def test_a_destination_half_close_after_the_switch_still_takes_the_whole_upload(
-    make_gateway: MakeGateway, scripted: Callable[..., Scripted]
+    client: Callable[[RunningGateway, int], socket.socket],
+    make_gateway: MakeGateway,
+    scripted: Callable[..., Scripted],
 ) -> None:
     """The destination half-closes first, then reads to the end: every byte the client
     sends after the EOF reached it must still arrive, and the tunnel then ends."""
@@ -239,7 +258,7 @@ def test_a_destination_half_close_after_the_switch_still_takes_the_whole_upload(
 
     server = scripted(script)
     gw = make_gateway(clients=[billing(server.port)])
-    with tunnel_client(gw, server.port) as sock:
+    with client(gw, server.port) as sock:
         sock.settimeout(20)
         assert recv_exactly(sock, 2 * MIB) == payload(2 * MIB)
         assert spliced(gw) == 1
