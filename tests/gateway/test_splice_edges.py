@@ -100,6 +100,15 @@ def scripted() -> Iterator[Callable[..., Scripted]]:
         server.close()
 
 
+@pytest.fixture(
+    params=[pytest.param(0, id="transports"), pytest.param(splice.MAX_SPLICED, id="spliced")]
+)
+def cap(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The same test without splicing (a cap of 0) and with it."""
+    monkeypatch.setattr(splice, "max_spliced", lambda: request.param)
+    return int(request.param)
+
+
 def recv_exactly(sock: socket.socket, n: int) -> bytes:
     got = bytearray()
     while len(got) < n:
@@ -671,23 +680,14 @@ def test_a_client_reset_mid_upload_closes_the_upstream(
     assert wait_for(lambda: splice.active() == 0)
 
 
-@pytest.mark.parametrize(
-    "cap",
-    [
-        pytest.param(0, id="transports"),
-        pytest.param(splice.MAX_SPLICED, id="spliced"),
-    ],
-)
 def test_a_client_reset_mid_body_is_recorded_as_on_the_transports(
     cap: int,
     make_gateway: MakeGateway,
     scripted: Callable[..., Scripted],
-    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Any,
 ) -> None:
     """The upstream did nothing wrong: the flow record must not blame it (a deny with
     reason upstream_closed counts against the destination in metrics and alerts)."""
-    monkeypatch.setattr(splice, "max_spliced", lambda: cap)
     origin = scripted(stalled_origin(64 * MIB, 64 * MIB))  # it blocks: the client won't read
     gw = make_gateway()
     sock = socket.create_connection(gw.http, timeout=20)
@@ -704,22 +704,13 @@ def test_a_client_reset_mid_body_is_recorded_as_on_the_transports(
     assert (record["decision"], record["reason"]) == ("allow", "allowed")
 
 
-@pytest.mark.parametrize(
-    "cap",
-    [
-        pytest.param(0, id="transports"),
-        pytest.param(splice.MAX_SPLICED, id="spliced"),
-    ],
-)
 def test_stopping_the_gateway_without_a_drain_ends_a_tunnel_and_frees_its_descriptors(
     cap: int,
     tmp_path: Any,
     scripted: Callable[..., Scripted],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Gateway.close() without a drain (an embedder, the test harness): the transports end
     with the loop, and so must a splicer's duplicate sockets, pipes and epoll set."""
-    monkeypatch.setattr(splice, "max_spliced", lambda: cap)
     server = scripted(hold_after(2 * MIB))
     before = fd_kinds()
     gw = RunningGateway(gateway_config(tmp_path, clients=[billing(server.port)])).start()
@@ -955,13 +946,11 @@ def test_a_slow_destination_takes_a_spliced_upload_whole(
     assert spliced(gw) == 1
 
 
-@pytest.mark.parametrize("cap", [pytest.param(0, id="transports"), pytest.param(128, id="spliced")])
 def test_a_client_that_half_closes_after_its_request_still_gets_the_whole_body(
-    cap: int, gateway: RunningGateway, vendor: VendorServer, monkeypatch: pytest.MonkeyPatch
+    cap: int, gateway: RunningGateway, vendor: VendorServer
 ) -> None:
     """Some clients send FIN once the request is out: the answer must still come whole,
     spliced or not, and the connection then end."""
-    monkeypatch.setattr(splice, "max_spliced", lambda: cap)
     n = 6 * MIB + 1
     with socket.create_connection(gateway.http, timeout=20) as sock:
         sock.sendall(get(f"/big?n={n}&mode=length", vendor.port))
