@@ -349,32 +349,27 @@ class Gateway:
         if self.sessions:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_closed.wait(), grace_s)
-        for session in list(self.sessions):
-            session.abort()
-        if self.sessions:
-            # abort() reports connection_lost on a later loop iteration: wait for it, so
-            # the flow records of the sessions cut here are written before the log closes.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), 1.0)
-        await self.close()
+        await self.close()  # cuts the rest
 
     async def close(self) -> None:
+        for server in self.servers.values():
+            server.close()
+        if self.sessions:
+            # What drain() did not end, or a close without a drain: no client connection,
+            # and nothing a splicer holds, outlives the gateway. abort() reports
+            # connection_lost on a later loop iteration: wait for it, so the flow records
+            # of the sessions cut here are written before the log closes.
+            self.draining = True
+            for session in list(self.sessions):
+                session.abort()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), 1.0)
         if self.fleet is not None:
             await self.fleet.stop()  # hands floating EIPs to a peer first
         current = asyncio.current_task()
         for task in [*self._tasks, *self._canary_tasks]:
             if task is not current:
                 task.cancel()
-        for server in self.servers.values():
-            server.close()
-        if self.sessions:
-            # What drain() did not end, or a close without a drain: no client connection,
-            # and nothing a splicer holds, outlives the gateway.
-            self.draining = True
-            for session in list(self.sessions):
-                session.abort()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), 1.0)
         if self.tls is not None:
             self.tls.close()
         if self.echo is not None:
