@@ -156,8 +156,7 @@ class ClientSession(asyncio.Protocol):
             return  # the upstream socket is the splicer's to read
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
-        if self.tunnel and self._tunnel_bytes() >= self._splice_at:
-            self.try_splice()
+        self.try_splice()
 
     def upstream_pause(self) -> None:
         self.pause("upstream-full")
@@ -219,8 +218,7 @@ class ClientSession(asyncio.Protocol):
         up = self.upstream
         if up is not None:
             up.write(data)
-            if self._tunnel_bytes() >= self._splice_at:
-                self.try_splice()
+            self.try_splice()
 
     def _count_up(self, n: int) -> None:
         if self.record is not None:
@@ -232,10 +230,12 @@ class ClientSession(asyncio.Protocol):
 
     # bulk tunnels in the kernel ----------------------------------------------------
     def try_splice(self) -> None:
-        """Hand a busy plain tunnel's sockets to a Splicer. Called on the transports' data
-        once the tunnel has carried SPLICE_AFTER bytes; waits (returns, to be called again)
-        while either side still has bytes buffered, and gives up for good where splicing
-        cannot work (TLS on either side, a half-closed tunnel, no descriptors)."""
+        """Hand a busy plain tunnel's sockets to a Splicer. Called on the transports' data;
+        acts once the tunnel has carried SPLICE_AFTER bytes, waits (returns, to be called
+        again) while either side still has bytes buffered, and gives up for good where
+        splicing cannot work (TLS on either side, a half-closed tunnel, no descriptors)."""
+        if not self.tunnel or self._tunnel_bytes() < self._splice_at:
+            return
         up = self.upstream
         client_t = self.transport
         if (
@@ -328,8 +328,7 @@ class ClientSession(asyncio.Protocol):
         self.touch(self.gw.runtime.config.timeouts.tunnel_idle_s)
         if self.transport is not None and not self.closed:
             self.transport.write(data)
-            if self._tunnel_bytes() >= self._splice_at:
-                self.try_splice()
+            self.try_splice()
 
     def upstream_eof(self) -> None:
         self._upstream_eof = True

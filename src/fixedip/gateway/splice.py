@@ -200,18 +200,14 @@ class _Direction:
         except OSError as exc:
             self.splicer.failed(exc, self.src)
             return
-        if n == 0:
+        if n:
+            self.in_pipe += n
+            self.count(n)
+            if self.left is not None:
+                self.left -= n
+        if n == 0 or self.left == 0:  # the source ended, or sent all it was to
             self.eof = True
             self.stop()
-            self._drain()
-            return
-        self.in_pipe += n
-        self.count(n)
-        if self.left is not None:
-            self.left -= n
-            if self.left == 0:
-                self.eof = True
-                self.stop()
         self._drain()
 
     def writable(self) -> None:
