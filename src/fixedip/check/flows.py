@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from fixedip.bounded import remember
 from fixedip.check.flows_match import AddressInfo, AddressSet, classify_address, is_ip_literal
 from fixedip.check.flows_model import TCP, UDP, Destination, Tally, destination_name
 from fixedip.policy.decision import Reason
@@ -124,11 +125,9 @@ class FlowAnalysis:
         info = memo.get(text, memo)
         if info is not memo:
             return info  # type: ignore[return-value]
-        result = classify_address(text, self.expect, self.local)
-        if len(memo) >= MAX_ADDRESS_MEMO:
-            memo.clear()
-        memo[text] = result
-        return result
+        return remember(
+            memo, text, classify_address(text, self.expect, self.local), MAX_ADDRESS_MEMO
+        )
 
     def vpc_record(
         self,

@@ -12,6 +12,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from fixedip.bounded import remember
 from fixedip.config import ClientConfig, Config, DestinationConfig
 from fixedip.gateway.dns import DNSError, Resolver
 from fixedip.gateway.routes import RouteTarget, RouteTLS, route_target
@@ -164,10 +165,7 @@ class Runtime:
             if match.matches_name(host, match.port_lo) if match.host else dest.match == host:
                 found = dest
                 break
-        if len(self._destinations) >= ROUTE_CACHE_MAX:
-            self._destinations.clear()
-        self._destinations[host] = found
-        return found
+        return remember(self._destinations, host, found, ROUTE_CACHE_MAX)
 
     def limiter(self, host: str) -> Limiter | None:
         """The shaping of `host`'s destination, if that first-matching entry has any."""
@@ -185,9 +183,7 @@ class Runtime:
             )
             spec = self.canaries.get(dest.match) if dest is not None else None
             rule = BlockRule(block_statuses=statuses, canary=spec.rule if spec else None)
-            if len(self._block_rules) >= ROUTE_CACHE_MAX:
-                self._block_rules.clear()
-            self._block_rules[host] = rule
+            remember(self._block_rules, host, rule, ROUTE_CACHE_MAX)
         return rule
 
 
@@ -227,9 +223,7 @@ class Router:
     def literal(self, host: str) -> list[IPAddress]:
         found = self._literals.get(host)
         if found is None:
-            if len(self._literals) >= ROUTE_CACHE_MAX:
-                self._literals.clear()
-            found = self._literals[host] = [ipaddress.ip_address(host)]
+            found = remember(self._literals, host, [ipaddress.ip_address(host)], ROUTE_CACHE_MAX)
         return found
 
     def route(
@@ -240,9 +234,7 @@ class Router:
         if hit is not None and hit[0] is addresses:
             return hit[1]
         route = self._decide(client, host, port, addresses, tunnel)
-        if len(self._routes) >= ROUTE_CACHE_MAX:
-            self._routes.clear()
-        self._routes[key] = (addresses, route)
+        remember(self._routes, key, (addresses, route), ROUTE_CACHE_MAX)
         return route
 
     def _decide(

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from fixedip.bounded import remember
 from fixedip.gateway import splice
 from fixedip.gateway.upstream import Upstream
 from fixedip.identity.limits import Permit
@@ -42,9 +43,7 @@ def peer_address(text: str) -> IPAddress:
         found = ipaddress.ip_address(text.split("%", 1)[0])
         if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped:
             found = found.ipv4_mapped
-        if len(_PEERS) >= _PEERS_MAX:
-            _PEERS.clear()
-        _PEERS[text] = found
+        remember(_PEERS, text, found, _PEERS_MAX)
     return found
 
 

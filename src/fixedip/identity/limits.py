@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Protocol, cast
 
+from fixedip.bounded import remember
 from fixedip.policy.rules import Rule, normalise_host, parse_rule
 
 QUEUE_TIMEOUT_S = 5.0
@@ -602,10 +603,7 @@ class Limits:
         found = next(
             (limiter for rule, limiter in self._entries if rule.matches_name(host, 1)), None
         )
-        if len(self._cache) >= MAX_HOST_CACHE:
-            self._cache.clear()
-        self._cache[host] = found
-        return found
+        return remember(self._cache, host, found, MAX_HOST_CACHE)
 
 
 def _parse_match(text: str) -> Rule:

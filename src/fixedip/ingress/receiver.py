@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from fixedip.bounded import remember
 from fixedip.ingress.observe import ACCEPTED, DUPLICATE, IngressMetrics, receipt_record
 from fixedip.ingress.receipts import ReceiptStore, receipt_key
 from fixedip.ingress.settings import IngressRouteConfig
@@ -60,9 +61,7 @@ class ReceiveRoute:
     def allows(self, peer: str) -> bool:
         verdict = self.sources.get(peer)
         if verdict is None:
-            if len(self.sources) >= MAX_CACHED_SOURCES:
-                self.sources.clear()
-            verdict = self.sources[peer] = _allowed(peer, self.config)
+            verdict = remember(self.sources, peer, _allowed(peer, self.config), MAX_CACHED_SOURCES)
         return verdict
 
 

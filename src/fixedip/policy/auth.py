@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from fixedip.bounded import remember
 from fixedip.policy.decision import ALLOWED, Decision, Reason
 from fixedip.policy.tokens import verify_token
 
@@ -90,10 +91,7 @@ class Authenticator(Generic[C]):
         verdict: C | None = None
         if client is not None and any(verify_token(creds.password, h) for h in client.token_hash):
             verdict = client
-        if len(self._cache) >= CACHE_MAX_ENTRIES:
-            self._cache.clear()
-        self._cache[key] = verdict
-        return verdict
+        return remember(self._cache, key, verdict, CACHE_MAX_ENTRIES)
 
     def check(self, creds: Credentials | None, peer: IPAddress) -> tuple[C | None, Decision]:
         """Authenticate and apply the client's source-CIDR restriction."""
@@ -111,9 +109,7 @@ class Authenticator(Generic[C]):
         except KeyError:
             creds = parse_basic(value)
             basic, client = creds is not None, self.authenticate(creds)
-            if len(self._headers) >= CACHE_MAX_ENTRIES:
-                self._headers.clear()
-            self._headers[key] = (basic, client)
+            remember(self._headers, key, (basic, client), CACHE_MAX_ENTRIES)
         if not basic:
             return None, Decision(Reason.AUTH_REQUIRED)
         return self._verdict(client, peer)
@@ -124,10 +120,9 @@ class Authenticator(Generic[C]):
         key = (client.name, peer)
         allowed = self._sources.get(key)
         if allowed is None:
-            allowed = source_allowed(peer, client.source_cidrs)
-            if len(self._sources) >= CACHE_MAX_ENTRIES:
-                self._sources.clear()
-            self._sources[key] = allowed
+            allowed = remember(
+                self._sources, key, source_allowed(peer, client.source_cidrs), CACHE_MAX_ENTRIES
+            )
         if not allowed:
             return client, Decision(Reason.SOURCE_NOT_ALLOWED, rule=f"clients.{client.name}")
         return client, ALLOWED

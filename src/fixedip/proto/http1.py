@@ -22,6 +22,8 @@ from typing import Final, NoReturn
 
 import httptools
 
+from fixedip.bounded import remember
+
 MAX_HEADERS: Final = 100
 DEFAULT_MAX_HEAD_BYTES: Final = 65536
 # One chunk-size line: size, extensions and CRLF. llhttp reads extensions without keeping
@@ -818,10 +820,7 @@ def parse_absolute_target(raw: bytes) -> Target:
     if len(raw) <= _TARGET_MEMO_BYTES:
         target = _TARGET_MEMO.get(raw)
         if target is None:
-            target = _parse_absolute_target(raw)
-            if len(_TARGET_MEMO) >= _TARGET_MEMO_SIZE:
-                _TARGET_MEMO.clear()
-            _TARGET_MEMO[raw] = target
+            target = remember(_TARGET_MEMO, raw, _parse_absolute_target(raw), _TARGET_MEMO_SIZE)
         return target
     return _parse_absolute_target(raw)
 
@@ -869,9 +868,9 @@ def connection_tokens(
         # One short field, usually "keep-alive" or "close": the same answer every time.
         listed = _CONNECTION_MEMO.get(value)
         if listed is None:
-            if len(_CONNECTION_MEMO) >= _CONNECTION_MEMO_SIZE:
-                _CONNECTION_MEMO.clear()
-            listed = _CONNECTION_MEMO[value] = _listed_names([value])
+            listed = remember(
+                _CONNECTION_MEMO, value, _listed_names([value]), _CONNECTION_MEMO_SIZE
+            )
         return listed
     return _listed_names(
         [v for lname, (_, v) in zip(lnames, headers, strict=True) if lname == b"connection"]
@@ -927,9 +926,7 @@ def end_to_end(
                 or _is_proxy_header(lk)
             )
         )
-        if len(_E2E_MEMO) >= _E2E_MEMO_SIZE:
-            _E2E_MEMO.clear()  # bounded: a client varying its names cannot grow it
-        _E2E_MEMO[key] = kept
+        remember(_E2E_MEMO, key, kept, _E2E_MEMO_SIZE)
     return [headers[i] for i in kept]
 
 
