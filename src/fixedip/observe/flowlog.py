@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from fixedip.bounded import remember
 from fixedip.policy.decision import Reason
 
 log = logging.getLogger(__name__)
@@ -62,18 +63,33 @@ class FlowRecord:
         """One JSON line (without the newline) with exactly the documented keys.
 
         Written out field by field: a dict handed to json's encoder cost twice as much,
-        and this runs for every request (tests compare it with `json.dumps(fields())`)."""
-        s, n = _json_str, _json_int
+        and this runs for every request (tests compare it with `json.dumps(fields())`).
+        The fields a keep-alive connection repeats from request to request (who, from
+        where, to where, through which IP) are encoded once and remembered, as is the
+        decision, so a record costs its clock, status, sizes and duration."""
+        key = (
+            self.client,
+            self.peer,
+            self.listener,
+            self.kind,
+            self.method,
+            self.host,
+            self.port,
+            self.resolved,
+            self.egress,
+            self.egress_public,
+        )
+        who = _WHO.get(key)
+        if who is None:
+            who = remember(_WHO, key, _encode_who(*key), _MEMO_ENTRIES)
+        outcome_key = (self.reason, self.rule)
+        outcome = _OUTCOME.get(outcome_key)
+        if outcome is None:
+            outcome = remember(_OUTCOME, outcome_key, _encode_outcome(*outcome_key), _MEMO_ENTRIES)
         return (
-            f'{{"time":"{_iso_utc_ms(self.start)}","client":{s(self.client)},'
-            f'"peer":{s(self.peer)},"listener":{s(self.listener)},"kind":{s(self.kind)},'
-            f'"method":{s(self.method)},"host":{s(self.host)},"port":{n(self.port)},'
-            f'"resolved":{s(self.resolved)},"egress":{s(self.egress)},'
-            f'"egress_public":{s(self.egress_public)},"status":{n(self.status)},'
+            f'{{"time":"{_iso_utc_ms(self.start)}",{who}{_json_int(self.status)},'
             f'"bytes_up":{int(self.bytes_up)},"bytes_down":{int(self.bytes_down)},'
-            f'"duration_ms":{float(round(self.duration_s * 1000.0, 1))!r},'
-            f'"decision":"{self.decision}","reason":{s(str(self.reason))},'
-            f'"rule":{s(self.rule)}}}'
+            f'"duration_ms":{float(round(self.duration_s * 1000.0, 1))!r},{outcome}}}'
         )
 
     def fields(self) -> dict[str, Any]:
@@ -103,6 +119,39 @@ class FlowRecord:
 _ESCAPE = json.encoder.encode_basestring_ascii
 # json.dumps(separators=...) builds a new encoder per call; one shared encoder does not.
 encode_fields = json.JSONEncoder(separators=(",", ":")).encode
+
+
+# Encoded pieces of records, keyed by the values they encode (bounded: peers vary).
+_MEMO_ENTRIES = 4096
+_WHO: dict[tuple[Any, ...], str] = {}
+_OUTCOME: dict[tuple[str, str | None], str] = {}
+
+
+def _encode_who(
+    client: str | None,
+    peer: str,
+    listener: str,
+    kind: str,
+    method: str | None,
+    host: str | None,
+    port: int | None,
+    resolved: str | None,
+    egress: str | None,
+    egress_public: str | None,
+) -> str:
+    """The record's keys from "client" to "egress_public", and the "status" key."""
+    s = _json_str
+    return (
+        f'"client":{s(client)},"peer":{s(peer)},"listener":{s(listener)},"kind":{s(kind)},'
+        f'"method":{s(method)},"host":{s(host)},"port":{_json_int(port)},'
+        f'"resolved":{s(resolved)},"egress":{s(egress)},"egress_public":{s(egress_public)},'
+        f'"status":'
+    )
+
+
+def _encode_outcome(reason: str, rule: str | None) -> str:
+    decision = "allow" if reason == Reason.ALLOWED else "deny"
+    return f'"decision":"{decision}","reason":{_json_str(str(reason))},"rule":{_json_str(rule)}'
 
 
 def _json_str(value: str | None) -> str:

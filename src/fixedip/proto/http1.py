@@ -550,6 +550,9 @@ class RequestParser(_Parser):
         start = 0
         if self._fast_left or (self._fast and self._llhttp_idle):
             start = self._fast_messages(data)
+            if start == len(data) and self._events:
+                self._quiet_bytes = 0  # all taken without llhttp: the common keep-alive feed
+                return self._take()
         try:
             leftover = self._execute(data, start)
         except ProtocolError:
@@ -681,6 +684,9 @@ class ResponseParser(_Parser):
         start = 0
         if self._fast_left or (self._fast and self._llhttp_idle):
             start = self._fast_messages(data)
+            if start == len(data) and self._events:
+                self._quiet_bytes = 0
+                return self._take()
         try:
             self._feed_llhttp(self._parser, data, start)
         except httptools.HttpParserCallbackError as exc:
