@@ -7,6 +7,10 @@ reports CPU microseconds per request (best of several rounds). `--profile` print
 the time goes (cProfile, sorted by own time).
 
     .venv/bin/python -m benchmarks.hotpath [--requests N] [--rounds R] [--profile] [--llhttp-only]
+                                           [--close]
+
+`--close` measures a connection per request instead (`Connection: close`): a new session
+for every request, through connection_made and connection_lost.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ REQUEST = (
     b"Accept: */*\r\n"
     b"\r\n"
 )
+CLOSE_REQUEST = REQUEST[:-2] + b"Connection: close\r\n\r\n"
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\n"
     b"Server: nginx\r\n"
@@ -113,8 +118,9 @@ def config_text(flow: Path) -> str:
 class Bench:
     """One gateway, one client connection and one pooled upstream connection."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, close: bool = False) -> None:
         self.gw = gateway
+        self.close = close
         self.client = _Transport(("127.0.0.1", 40000))
         self.session = HttpProxySession(gateway)
         self.session.connection_made(self.client)  # type: ignore[arg-type]
@@ -125,8 +131,23 @@ class Bench:
         gateway.upstreams.give(self.upstream)
 
     def exchange(self) -> None:
+        if self.close:
+            self.closed_exchange()
+            return
         self.session.data_received(REQUEST)
         self.upstream.data_received(RESPONSE)
+
+    def closed_exchange(self) -> None:
+        """A new client connection for one request, closed after the answer."""
+        session = HttpProxySession(self.gw)
+        self.session = session
+        session.connection_made(self.client)  # type: ignore[arg-type]
+        session.data_received(CLOSE_REQUEST)
+        self.upstream.data_received(RESPONSE)
+        if not self.client.closing:
+            raise SystemExit("hotpath: the session did not close after Connection: close")
+        self.client.closing = False
+        session.connection_lost(None)
 
     def check(self) -> None:
         """One exchange end to end: the vendor got the request, the client the answer."""
@@ -155,13 +176,13 @@ class Bench:
         return best
 
 
-async def measure(requests: int, rounds: int, profile: bool) -> float:
+async def measure(requests: int, rounds: int, profile: bool, close: bool = False) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         config = parse(config_text(Path(tmp) / "flow.jsonl"), "<hotpath>")
         gateway = Gateway(config)
         gateway.flowlog.start()
         try:
-            bench = Bench(gateway)
+            bench = Bench(gateway, close)
             bench.check()
             bench.rounds(min(requests, 2000), 1)  # warm the caches
             if profile:
@@ -181,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="rounds; the best is kept")
     p.add_argument("--profile", action="store_true", help="print a cProfile of one round")
     p.add_argument(
+        "--close", action="store_true", help="a new connection per request (Connection: close)"
+    )
+    p.add_argument(
         "--llhttp-only",
         action="store_true",
         help="parse every head with llhttp's callbacks (the path before the one-pass parser)",
@@ -193,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    us = runner(measure(args.requests, args.rounds, args.profile))
-    print(f"python cost per keep-alive request: {us:.1f} µs ({1e6 / us:,.0f} req per CPU-s)")
+    us = runner(measure(args.requests, args.rounds, args.profile, args.close))
+    kind = "Connection: close" if args.close else "keep-alive"
+    print(f"python cost per {kind} request: {us:.1f} µs ({1e6 / us:,.0f} req per CPU-s)")
     return 0
 
 

@@ -16,10 +16,12 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
+from fixedip.bounded import remember
 from fixedip.config import ClientConfig
 from fixedip.gateway import splice
 from fixedip.gateway.routes import RouteTarget
 from fixedip.gateway.runtime import (
+    ROUTE_CACHE_MAX,
     Attempt,
     Dialed,
     Refused,
@@ -75,7 +77,6 @@ class HttpProxySession(ClientSession):
         self.upstream_was_pooled = False
         self.auth_memo: tuple[Runtime, bytes | None, ClientConfig | None, Decision] | None = None
         self.target_memo: tuple[bytes, bytes | None, http1.Target] | None = None
-        self.forward_memo: tuple[Runtime, http1.Target, _Forward] | None = None
         # current exchange
         self.req_done = False
         self.resp_done = False
@@ -392,13 +393,15 @@ class HttpProxySession(ClientSession):
             self.resume("busy")
 
     def forwarding(self, target: http1.Target) -> _Forward:
-        """How headers go to `target`, kept for the connection's last target (route mode
-        is decided per request, so its answers are not kept)."""
+        """How headers go to `target`, remembered per configuration and destination
+        (route mode is decided per request, so its answers are not kept)."""
         rt = self.gw.runtime
         route = self.route
-        memo = self.forward_memo
-        if route is None and memo is not None and memo[0] is rt and memo[1] is target:
-            return memo[2]
+        key = (target.host, target.port)
+        if route is None:
+            forward: _Forward | None = rt.forwards.get(key)
+            if forward is not None:
+                return forward
         policy = rt.sanitizer.for_destination(rt.destination(target.host))
         drop, inject = policy.forward_drop, None
         if route is not None:
@@ -410,7 +413,7 @@ class HttpProxySession(ClientSession):
             authority = target.authority if target.port != 80 else target.authority[: -len(":80")]
         forward = _Forward((b"Host", authority.encode()), drop, policy.keep, inject)
         if route is None:
-            self.forward_memo = (rt, target, forward)
+            remember(rt.forwards, key, forward, ROUTE_CACHE_MAX)
         return forward
 
     def forward_body(self, data: bytes) -> None:

@@ -11,6 +11,7 @@ import math
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from fixedip.bounded import remember
 from fixedip.config import ClientConfig, Config, DestinationConfig
@@ -122,6 +123,9 @@ class Runtime:
         self.sanitizer = Sanitizer(config.destinations)
         self._block_rules: dict[str, BlockRule] = {}
         self._destinations: dict[str, DestinationConfig | None] = {}
+        # How requests are forwarded to (host, port) under this configuration: the HTTP
+        # listener's own memo, kept here so it is dropped with the configuration.
+        self.forwards: dict[tuple[str, int], Any] = {}
         self._destination_rules = [
             (parse_rule(f"[{d.match}]:*" if ":" in d.match else f"{d.match}:*"), d)
             for d in config.destinations

@@ -63,6 +63,7 @@ class ClientSession(asyncio.Protocol):
         self._pauses: set[str] = set()
         self._deadline = math.inf
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf  # when _timer fires
         self._timeout_reason = ""
         self._client_eof = False
         self._upstream_eof = False
@@ -166,13 +167,14 @@ class ClientSession(asyncio.Protocol):
     # timeouts ----------------------------------------------------------------------
     def arm(self, seconds: float, reason: str) -> None:
         """(Re)set the one deadline this connection has; `on_timeout(reason)` fires at it."""
-        self._deadline = self.loop.time() + seconds
+        self._deadline = deadline = self.loop.time() + seconds
         self._timeout_reason = reason
         if self._timer is not None:
-            if self._timer.when() <= self._deadline:
+            if self._timer_at <= deadline:
                 return  # it fires first and re-arms itself for the rest
             self._timer.cancel()
-        self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._check_deadline)
 
     def touch(self, seconds: float) -> None:
         """Push the deadline out on activity; cheap enough for every chunk."""
@@ -190,6 +192,7 @@ class ClientSession(asyncio.Protocol):
             return
         now = self.loop.time()
         if now + 0.001 < self._deadline:
+            self._timer_at = self._deadline
             self._timer = self.loop.call_at(self._deadline, self._check_deadline)
             return
         self.on_timeout(self._timeout_reason)
