@@ -381,7 +381,7 @@ class TlsListener:
             return
         ssl_object = transport.get_extra_info("ssl_object")
         resumed = ssl_object is not None and ssl_object.session_reused
-        self._metrics.handshakes.labels("resumed" if resumed else "full").inc()
+        (self._metrics.resumed if resumed else self._metrics.full).inc()
 
 
 class TlsServer:
@@ -448,6 +448,9 @@ class _TlsMetrics:
             ["result"],
             registry=registry,
         )
+        # Every handshake counts one of these: the children are looked up once.
+        self.full = self.handshakes.labels("full")
+        self.resumed = self.handshakes.labels("resumed")
         self.reloads = Counter(
             "fixedip_tls_reloads",
             "Certificate reloads (SIGHUP or a change on disk): ok, or refused (old pair kept).",
