@@ -68,7 +68,7 @@ class Gateway:
         self.health = self._health(config)
         self.resolver = self._resolver(config)
         self.upstreams = UpstreamPool(
-            config.timeouts.upstream_idle_s, config.limits.pool_per_destination
+            config.timeouts.upstream_idle_s, config.limits.pool_per_destination, self.loop
         )
         self.metrics = Metrics()
         if self.fleet is not None:

@@ -153,9 +153,12 @@ class UpstreamPool:
     """Idle keep-alive connections per (egress, address, port, TLS name), bounded and timed
     out."""
 
-    def __init__(self, idle_s: float, per_key: int) -> None:
+    def __init__(self, idle_s: float, per_key: int, loop: asyncio.AbstractEventLoop) -> None:
         self.idle_s = idle_s
         self.per_key = per_key
+        # Kept rather than asked for: on Python 3.11 asyncio.get_running_loop() makes a
+        # getpid() system call, and give() runs once per request.
+        self.loop = loop
         self._idle: dict[PoolKey, list[Upstream]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -178,16 +181,16 @@ class UpstreamPool:
         if up.transport is not None and not up.transport.is_reading():
             up.transport.resume_reading()  # paused for backpressure: it must hear a close
         up.in_pool = True
-        up.idle_since = loop_time = asyncio.get_running_loop().time()
+        up.idle_since = loop_time = self.loop.time()
         conns.append(up)
         if self._sweeper is None:
             # One timer for the whole pool instead of one per returned connection.
-            self._sweeper = asyncio.get_running_loop().call_at(loop_time + self.idle_s, self._sweep)
+            self._sweeper = self.loop.call_at(loop_time + self.idle_s, self._sweep)
 
     def _sweep(self) -> None:
         """Close connections idle for longer than idle_s; runs while any are pooled."""
         self._sweeper = None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         cutoff = loop.time() - self.idle_s
         oldest = None
         for conns in list(self._idle.values()):
