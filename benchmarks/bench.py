@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import facts, fleet, load, peers, report, tls, tunnels
+from benchmarks.load import Trial
 from benchmarks.peers import BULK_PATH, HOST, REPO, Origin, Peer, say
 from benchmarks.procs import ForeignCpu, Proc, free_ports
 
@@ -134,19 +135,38 @@ def _best(
     ours: list[Proc],
 ) -> dict[str, Any]:
     """Run ONCE up to RUNS times; keep the run with the highest value."""
-    done: list[load.Measurement] = []
+    return _interleaved([Trial(label, once)], runs, show, ours)[label]
+
+
+def _interleaved(
+    trials: list[Trial],
+    runs: int,
+    show: Callable[[load.Measurement], str],
+    ours: list[Proc],
+) -> dict[str, dict[str, Any]]:
+    """Measure every trial RUNS times, round by round (run 1 of each, then run 2 of
+    each...), and keep each one's best. A slow spell on this shared machine then costs
+    every target a run instead of all of one target's runs."""
+    done: dict[str, list[load.Measurement]] = {t.label: [] for t in trials}
     for i in range(runs):
-        watch = ForeignCpu(ours)
-        m = once()
-        foreign = watch.share()
-        m.extra["foreign_cpu_share"] = round(foreign, 3)
-        shown = show(m) if m.ok else f"failed: {m.reason}"
-        if foreign > BUSY_WARNING_SHARE:
-            shown += f" [other processes used {foreign:.0%} of the CPUs]"
-        done.append(m)
-        say(f"  {label} run {i + 1}/{runs}: {shown}")
-        if i + 1 < runs:
+        for trial in trials:
+            if trial.warm_up is not None:
+                trial.warm_up()  # not recorded: connections, caches, heap
+                time.sleep(PAUSE_S)
+            watch = ForeignCpu(ours)
+            m = trial.once()
+            foreign = watch.share()
+            m.extra["foreign_cpu_share"] = round(foreign, 3)
+            shown = show(m) if m.ok else f"failed: {m.reason}"
+            if foreign > BUSY_WARNING_SHARE:
+                shown += f" [other processes used {foreign:.0%} of the CPUs]"
+            done[trial.label].append(m)
+            say(f"  {trial.label} run {i + 1}/{runs}: {shown}")
             time.sleep(PAUSE_S)
+    return {label: _summary(measured) for label, measured in done.items()}
+
+
+def _summary(done: list[load.Measurement]) -> dict[str, Any]:
     good = [m for m in done if m.ok]
     runs_doc = [{"ok": m.ok, "value": m.value, "reason": m.reason, **m.extra} for m in done]
     if not good:
@@ -174,7 +194,7 @@ class Bench:
         self.token = ""
         self.token_hash = ""
         self.busy_before = 0.0
-        self.tls = tls.TlsBench(self, _best)
+        self.tls = tls.TlsBench(self)
         self.fleet = fleet.FleetBench(self, _best)
 
     # --- lifecycle -----------------------------------------------------------------
@@ -276,38 +296,55 @@ class Bench:
         title = "Connection: close" if close else "keep-alive"
         say(
             f"scenario {scenario}: {title} GET of 3 bytes, wrk -t1 -c{load.WRK_CONNECTIONS} "
-            f"-d{self.args.duration}s, best of {self.args.runs}"
+            f"-d{self.args.duration}s, best of {self.args.runs}, runs interleaved"
         )
         assert self.origin is not None
+        trials = []
         for name, peer in self._targets(scenario):
             url, target, headers = load.wrk_headers(self.origin, peer, close)
             measured = peer.proc if peer else None
             wrk_args = (self.tmp, f"{scenario}-{name}", url, target, headers)
-            load.wrk(*wrk_args, WARM_UP_S, measured)  # not recorded: connections, caches, heap
-            time.sleep(PAUSE_S)
-            once = functools.partial(load.wrk, *wrk_args, self.args.duration, measured)
-            entry = _best(name, self.args.runs, once, _show_rate, self.procs)
-            if entry["ok"]:
-                entry["req_s"] = entry.pop("best")
-            self.results[scenario][name] = entry
-            time.sleep(PAUSE_S)
+            trials.append(
+                Trial(
+                    name,
+                    functools.partial(load.wrk, *wrk_args, self.args.duration, measured),
+                    functools.partial(load.wrk, *wrk_args, WARM_UP_S, measured),
+                )
+            )
+        self.record(scenario, self.compare(trials, _show_rate), "req_s")
 
     def bulk(self, scenario: str, tunnel: bool) -> None:
         title = "CONNECT tunnel (curl -p)" if tunnel else "plain forward"
         say(
             f"scenario {scenario}: 100 MiB via {title}, curl --max-time "
-            f"{self.args.bulk_max_s:g}, best of {self.args.runs}"
+            f"{self.args.bulk_max_s:g}, best of {self.args.runs}, runs interleaved"
         )
         assert self.origin is not None
         url = self.origin.url(BULK_PATH)
-        for name, peer in self._targets(scenario):
-            once = functools.partial(load.curl_download, url, peer, tunnel, self.args.bulk_max_s)
-            entry = _best(name, self.args.runs, once, _show_throughput, self.procs)
+        trials = [
+            Trial(
+                name,
+                functools.partial(load.curl_download, url, peer, tunnel, self.args.bulk_max_s),
+            )
+            for name, peer in self._targets(scenario)
+        ]
+        self.record(scenario, self.compare(trials, _show_throughput), "bytes_per_s")
+
+    def compare(
+        self, trials: list[Trial], show: Callable[[load.Measurement], str]
+    ) -> dict[str, dict[str, Any]]:
+        """The trials measured round by round (see _interleaved), best run of each."""
+        return _interleaved(trials, self.args.runs, show, self.procs)
+
+    def record(self, scenario: str, entries: dict[str, dict[str, Any]], unit: str) -> None:
+        """Store a comparison's entries, their best value under `unit` (req_s or
+        bytes_per_s; bulk transfers have no p99)."""
+        for name, entry in entries.items():
             if entry["ok"]:
-                entry["bytes_per_s"] = entry.pop("best")
-                entry.pop("p99_ms", None)
+                entry[unit] = entry.pop("best")
+                if unit == "bytes_per_s":
+                    entry.pop("p99_ms", None)
             self.results[scenario][name] = entry
-            time.sleep(PAUSE_S)
 
     def idle_tunnels(self) -> None:
         n, hold = self.args.tunnels, self.args.hold

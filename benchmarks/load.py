@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,15 @@ class Measurement:
     p99_ms: float | None = None
     reason: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trial:
+    """One target of a comparison: `once()` measures it once, after `warm_up()` if set."""
+
+    label: str
+    once: Callable[[], Measurement]
+    warm_up: Callable[[], object] | None = None
 
 
 def _wrk_script(path: Path, request_path: str, headers: dict[str, str]) -> None:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import functools
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks import load, peers
+from benchmarks.load import Trial
 from benchmarks.peers import BULK_PATH, HOST, REPO, Peer, say
 from benchmarks.procs import Proc, free_ports
 
@@ -47,9 +46,8 @@ class TlsPeer(Peer):
 class TlsBench:
     """Starts what the TLS scenarios need on first use; `stop()` ends it all."""
 
-    def __init__(self, bench: Any, best: Callable[..., dict[str, Any]]) -> None:
+    def __init__(self, bench: Any) -> None:
         self.bench = bench
-        self.best = best
         self.tmp: Path = bench.tmp / "tls"
         self.peers: dict[str, TlsPeer] = {}
         self.plain: Peer | None = None
@@ -195,19 +193,20 @@ http {{
         title = "a new TLS connection per request" if close else "keep-alive over TLS"
         say(
             f"scenario {scenario}: {title}, GET of 3 bytes, wrk -t1 -c{load.WRK_CONNECTIONS} "
-            f"-d{args.duration}s, best of {args.runs}"
+            f"-d{args.duration}s, best of {args.runs}, runs interleaved"
         )
+        trials = []
         for peer in self._targets(scenario):
             url, target, headers = load.wrk_headers(b.origin, peer, close)
             wrk_args = (b.tmp, f"{scenario}-{peer.name}", url, target, headers)
-            load.wrk(*wrk_args, 1, peer.proc)  # warm-up, not recorded
-            time.sleep(1)
-            once = functools.partial(load.wrk, *wrk_args, args.duration, peer.proc)
-            entry = self.best(peer.name, args.runs, once, _show_rate, b.procs)
-            if entry["ok"]:
-                entry["req_s"] = entry.pop("best")
-            b.results[scenario][peer.name] = entry
-            time.sleep(1)
+            trials.append(
+                Trial(
+                    peer.name,
+                    functools.partial(load.wrk, *wrk_args, args.duration, peer.proc),
+                    functools.partial(load.wrk, *wrk_args, 1, peer.proc),
+                )
+            )
+        b.record(scenario, b.compare(trials, _show_rate), "req_s")
 
     def connect_bulk(self) -> None:
         self.start()
@@ -215,12 +214,13 @@ http {{
         url = f"https://{HOST}:{self.origin_port}{BULK_PATH}"
         say(
             f"scenario tls_connect_bulk: 100 MiB from {url} through CONNECT, "
-            f"curl --max-time {b.args.bulk_max_s:g}, best of {b.args.runs}"
+            f"curl --max-time {b.args.bulk_max_s:g}, best of {b.args.runs}, runs interleaved"
         )
         targets: list[Peer] = list(self._targets("tls_connect_bulk"))
         if self.plain is not None:
             targets.append(Peer(PLAIN_LISTENER, self.plain.port, self.plain.proc,
                                 user=self.plain.user, password=self.plain.password))  # fmt: skip
+        trials = []
         for peer in targets:
             extra = ["--cacert", str(self.ca)]
             if isinstance(peer, TlsPeer):
@@ -228,12 +228,8 @@ http {{
             once = functools.partial(
                 load.curl_download, url, peer, True, b.args.bulk_max_s, curl_args=extra
             )
-            entry = self.best(peer.name, b.args.runs, once, _show_throughput, b.procs)
-            if entry["ok"]:
-                entry["bytes_per_s"] = entry.pop("best")
-                entry.pop("p99_ms", None)
-            b.results["tls_connect_bulk"][peer.name] = entry
-            time.sleep(1)
+            trials.append(Trial(peer.name, once))
+        b.record("tls_connect_bulk", b.compare(trials, _show_throughput), "bytes_per_s")
 
 
 def _show_rate(m: load.Measurement) -> str:
