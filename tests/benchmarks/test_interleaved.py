@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from benchmarks import bench
 from benchmarks.load import Measurement, Trial
+
+from benchmarks import bench
 
 
 def _trial(label: str, values: list[float], order: list[str]) -> Trial:
