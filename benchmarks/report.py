@@ -253,10 +253,11 @@ def markdown(doc: dict[str, Any]) -> str:
             if one.get("ok") and two.get("ok") and one["req_per_proxy_cpu_s"]:
                 kept = two["req_per_proxy_cpu_s"] / one["req_per_proxy_cpu_s"]
                 lines.append(
-                    f"Each CPU-second did {kept:.2f}× the work with 2 workers as with 1 "
+                    f"Each CPU-second did {kept:.2f}{TIMES} the work with 2 workers as with 1 "
                     f"(1.00 is linear): given a free core per worker, 2 workers would serve "
-                    f"about {2 * kept:.2f}× one worker's requests (an estimate from CPU "
-                    "alone; the target is ≥ 1.7×, measured with the load on other cores)."
+                    f"about {2 * kept:.2f}{TIMES} one worker's requests (an estimate from CPU "
+                    f"alone; the target is ≥ 1.7{TIMES}, measured with the load on other "
+                    "cores)."
                 )
             lines.append("")
         else:
