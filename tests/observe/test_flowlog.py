@@ -337,3 +337,25 @@ def test_reopen_is_a_no_op_for_stdout(capsys: pytest.CaptureFixture[str]) -> Non
 
     run_with_log("-", body)
     assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_remembered_pieces_never_stand_in_for_a_field_that_changed() -> None:
+    """Encoded pieces are remembered by the values they encode: a record that differs
+    from the last in any one field is written with that field's new value."""
+    base = {"client": "billing", "peer": "127.0.0.1:40001", "host": "api.example", "port": 443}
+    changes: list[dict[str, object]] = [
+        {},
+        {"peer": "127.0.0.1:40002"},
+        {"client": None},
+        {"host": "other.example"},
+        {"port": 8443},
+        {"method": "POST"},
+        {"egress": "127.0.0.11"},
+        {"status": 503},
+        {"reason": Reason.UPSTREAM_TIMEOUT.value},
+        {"reason": Reason.UPSTREAM_TIMEOUT.value, "rule": "destinations.api"},
+        {},
+    ]
+    for change in changes:
+        record = make_record(**{**base, **change})
+        assert record.to_json() == json.dumps(record.fields(), separators=(",", ":")), change

@@ -64,12 +64,10 @@ class FlowRecord:
 
         Written out field by field: a dict handed to json's encoder cost twice as much,
         and this runs for every request (tests compare it with `json.dumps(fields())`).
-        The fields a keep-alive connection repeats from request to request (who, from
-        where, to where, through which IP) are encoded once and remembered, as is the
-        decision, so a record costs its clock, status, sizes and duration."""
+        The fields that repeat from request to request (the listener, what was asked for,
+        where it went and through which IP) are encoded once and remembered, as is the
+        outcome; the peer, which changes with every connection, is encoded each time."""
         key = (
-            self.client,
-            self.peer,
             self.listener,
             self.kind,
             self.method,
@@ -79,15 +77,17 @@ class FlowRecord:
             self.egress,
             self.egress_public,
         )
-        who = _WHO.get(key)
-        if who is None:
-            who = remember(_WHO, key, _encode_who(*key), _MEMO_ENTRIES)
-        outcome_key = (self.reason, self.rule)
+        where = _WHERE.get(key)
+        if where is None:
+            where = remember(_WHERE, key, _encode_where(*key), _MEMO_ENTRIES)
+        outcome_key = (self.decision, self.reason, self.rule)
         outcome = _OUTCOME.get(outcome_key)
         if outcome is None:
             outcome = remember(_OUTCOME, outcome_key, _encode_outcome(*outcome_key), _MEMO_ENTRIES)
+        s = _json_str
         return (
-            f'{{"time":"{_iso_utc_ms(self.start)}",{who}{_json_int(self.status)},'
+            f'{{"time":"{_iso_utc_ms(self.start)}","client":{s(self.client)},'
+            f'"peer":{s(self.peer)},{where}{_json_int(self.status)},'
             f'"bytes_up":{int(self.bytes_up)},"bytes_down":{int(self.bytes_down)},'
             f'"duration_ms":{float(round(self.duration_s * 1000.0, 1))!r},{outcome}}}'
         )
@@ -121,15 +121,14 @@ _ESCAPE = json.encoder.encode_basestring_ascii
 encode_fields = json.JSONEncoder(separators=(",", ":")).encode
 
 
-# Encoded pieces of records, keyed by the values they encode (bounded: peers vary).
+# Encoded pieces of records, keyed by the values they encode (bounded: clients choose
+# hosts, so keys vary).
 _MEMO_ENTRIES = 4096
-_WHO: dict[tuple[Any, ...], str] = {}
-_OUTCOME: dict[tuple[str, str | None], str] = {}
+_WHERE: dict[tuple[Any, ...], str] = {}
+_OUTCOME: dict[tuple[str, str, str | None], str] = {}
 
 
-def _encode_who(
-    client: str | None,
-    peer: str,
+def _encode_where(
     listener: str,
     kind: str,
     method: str | None,
@@ -139,18 +138,16 @@ def _encode_who(
     egress: str | None,
     egress_public: str | None,
 ) -> str:
-    """The record's keys from "client" to "egress_public", and the "status" key."""
+    """The record's keys from "listener" to "egress_public", and the "status" key."""
     s = _json_str
     return (
-        f'"client":{s(client)},"peer":{s(peer)},"listener":{s(listener)},"kind":{s(kind)},'
-        f'"method":{s(method)},"host":{s(host)},"port":{_json_int(port)},'
-        f'"resolved":{s(resolved)},"egress":{s(egress)},"egress_public":{s(egress_public)},'
-        f'"status":'
+        f'"listener":{s(listener)},"kind":{s(kind)},"method":{s(method)},"host":{s(host)},'
+        f'"port":{_json_int(port)},"resolved":{s(resolved)},"egress":{s(egress)},'
+        f'"egress_public":{s(egress_public)},"status":'
     )
 
 
-def _encode_outcome(reason: str, rule: str | None) -> str:
-    decision = "allow" if reason == Reason.ALLOWED else "deny"
+def _encode_outcome(decision: str, reason: str, rule: str | None) -> str:
     return f'"decision":"{decision}","reason":{_json_str(str(reason))},"rule":{_json_str(rule)}'
 
 
