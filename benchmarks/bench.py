@@ -449,6 +449,7 @@ class Bench:
             "quick": a.quick,
             "duration_s": a.duration,
             "runs": a.runs,
+            "interleaved": True,  # runs go round by round over the targets (_interleaved)
             "tunnels": a.tunnels,
             "hold_s": a.hold,
             "connections": load.WRK_CONNECTIONS,

@@ -212,8 +212,12 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Method: `wrk -t1 -c{s['connections']} -d{s['duration_s']}s --latency`, "
         f"absolute-form GET of a 3-byte body through each proxy (best of {s['runs']} by "
         f"req/s; its p99); bulk = curl downloading 100 MiB to /dev/null (best of {s['runs']}); "
-        "runs go round by round over the targets (run 1 of each, then run 2 of each); "
-        f"idle tunnels: {s['tunnels']:,} CONNECT tunnels held {s['hold_s']:g} s, RSS growth "
+        + (
+            "runs go round by round over the targets (run 1 of each, then run 2 of each); "
+            if s.get("interleaved")
+            else ""
+        )
+        + f"idle tunnels: {s['tunnels']:,} CONNECT tunnels held {s['hold_s']:g} s, RSS growth "
         "of the proxy's processes, then one request through each.",
         "",
         table(doc["results"], s).rstrip(),
