@@ -394,23 +394,32 @@ class Bench:
             return
         assert self.origin is not None
         by: dict[str, Any] = {}
-        for n in (1, 2):
-            port = free_ports(1)[0]
-            name = f"fixedip-w{n}"
-            try:
-                peer = self._start_fixedip(port, name, (key, n))
-            except (RuntimeError, OSError) as exc:
-                by[str(n)] = {"ok": False, "reason": f"did not start: {exc}"}
-                continue
-            self.procs.append(peer.proc)
-            try:
-                time.sleep(PAUSE_S)
+        started: dict[str, tuple[str, Peer]] = {}  # both run at once; one is measured at a time
+        try:
+            for n in ("1", "2"):
+                name = f"fixedip-w{n}"
+                try:
+                    peer = self._start_fixedip(free_ports(1)[0], name, (key, int(n)))
+                except (RuntimeError, OSError) as exc:
+                    by[n] = {"ok": False, "reason": f"did not start: {exc}"}
+                    continue
+                self.procs.append(peer.proc)
+                started[n] = (name, peer)
+            time.sleep(PAUSE_S)
+            trials = []
+            for name, peer in started.values():
                 url, target, headers = load.wrk_headers(self.origin, peer, close=False)
                 wrk_args = (self.tmp, name, url, target, headers)
-                load.wrk(*wrk_args, WARM_UP_S, peer.proc)  # not recorded
-                time.sleep(PAUSE_S)
-                once = functools.partial(load.wrk, *wrk_args, self.args.duration, peer.proc)
-                entry = _best(name, self.args.runs, once, _show_rate, self.procs)
+                trials.append(
+                    Trial(
+                        name,
+                        functools.partial(load.wrk, *wrk_args, self.args.duration, peer.proc),
+                        functools.partial(load.wrk, *wrk_args, WARM_UP_S, peer.proc),
+                    )
+                )
+            entries = self.compare(trials, _show_rate)
+            for n, (name, _) in started.items():
+                entry = entries[name]
                 if entry["ok"]:
                     best = max((r for r in entry["runs"] if r["ok"]), key=lambda r: r["value"])
                     entry.update(
@@ -418,8 +427,9 @@ class Bench:
                         proxy_cpu_s=best.get("proxy_cpu_s", 0.0),
                         req_per_proxy_cpu_s=best.get("req_per_proxy_cpu_s", 0.0),
                     )
-                by[str(n)] = entry
-            finally:
+                by[n] = entry
+        finally:
+            for _, peer in started.values():
                 peer.proc.stop()
                 self.procs.remove(peer.proc)
         self.results["workers"] = {"ok": True, "key": key, "by_workers": by}
