@@ -192,6 +192,13 @@ class Reader:
         out, self.buf = bytes(self.buf[:n]), self.buf[n:]
         return out
 
+    def rest(self) -> tuple[bytes, str]:
+        """Everything after what was read so far, until the connection ends, and how it
+        ended (see read_all)."""
+        more, ended = read_all(self.sock)
+        out, self.buf = bytes(self.buf) + more, bytearray()
+        return out, ended
+
     def response(self, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
         status, headers = self.head()
         n = 0 if method == "HEAD" else int(headers.get("content-length", "0"))
@@ -601,7 +608,7 @@ def test_a_stalled_spliced_body_still_times_out_and_closes_both_sides(
         sock.sendall(get("/x", origin.port))
         reader = Reader(sock)
         assert reader.head()[0] == 200
-        body = bytes(reader.buf) + read_all(sock)[0]
+        body = reader.rest()[0]
     assert body == payload(2 * MIB)  # what came, then the cut (a read timeout fails)
     assert counter(gw, "fixedip_bodies_spliced_total") == 1
     assert origin.wait() == ["closed"]
@@ -617,8 +624,7 @@ def test_a_spliced_body_on_a_connection_close_request_ends_with_the_connection(
         sock.sendall(request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
         reader = Reader(sock)
         status, headers = reader.head()
-        rest, ended = read_all(sock)
-    body = bytes(reader.buf) + rest
+        body, ended = reader.rest()
     assert status == 200 and headers.get("connection") == "close"
     assert ended == "eof" and len(body) == n and sha(body) == big_body_sha256(n)
     assert counter(gateway, "fixedip_bodies_spliced_total") == 1
@@ -891,7 +897,7 @@ def test_a_drain_lets_a_spliced_body_finish_then_closes_the_connection(
         drained.start()
         assert wait_for(lambda: gw.gateway.draining)
         origin.release.set()  # the rest of the body flows while the gateway drains
-        rest, ended = read_all(sock)
+        rest, ended = reader.rest()
         drained.join(15)
         assert not drained.is_alive()
     assert ended == "eof"
