@@ -7,7 +7,7 @@ reports CPU microseconds per request (best of several rounds). `--profile` print
 the time goes (cProfile, sorted by own time).
 
     .venv/bin/python -m benchmarks.hotpath [--requests N] [--rounds R] [--profile] [--llhttp-only]
-                                           [--close]
+                                           [--close] [--no-lane]
 
 `--close` measures a connection per request instead (`Connection: close`): a new session
 for every request, through connection_made and connection_lost.
@@ -29,6 +29,7 @@ from typing import Any
 import tomli_w
 
 from fixedip.config import parse
+from fixedip.gateway import http_proxy
 from fixedip.gateway.http_proxy import HttpProxySession
 from fixedip.gateway.server import Gateway
 from fixedip.gateway.upstream import Upstream
@@ -209,8 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="parse every head with llhttp's callbacks (the path before the one-pass parser)",
     )
+    p.add_argument(
+        "--no-lane",
+        action="store_true",
+        help="send repeat requests down the generic path too (the path before the lane)",
+    )
     args = p.parse_args(argv)
     http1.FAST_HEADS = not args.llhttp_only
+    http_proxy.LANE = not args.no_lane
     try:
         import uvloop
 

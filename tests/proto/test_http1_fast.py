@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixedip.proto.http1 import (
+    DEFAULT_MAX_HEAD_BYTES,
+    END,
     Body,
     Event,
     ProtocolError,
@@ -20,6 +22,8 @@ from fixedip.proto.http1 import (
     RequestParser,
     ResponseHead,
     ResponseParser,
+    whole_request,
+    whole_response,
 )
 
 Outcome = tuple[list[object], tuple[int, str] | None]
@@ -285,3 +289,92 @@ def test_any_responses_in_any_pieces_give_what_llhttp_gives(
     stream: list[bytes], method: str, cuts: list[int]
 ) -> None:
     assert_same_responses(b"".join(stream), method, cuts)
+
+
+# Whole messages in one buffer (the gateway's keep-alive lane) -------------------------
+
+
+def whole_outcome(head: RequestHead | ResponseHead, data: bytes, start: int) -> Outcome:
+    """What a parser at a message boundary must give for a message whole_* took."""
+    body = [bytes(data[start:])] if start < len(data) else []
+    return [(head, list(head.lnames)), *body, END], None
+
+
+def assert_whole_request_agrees(data: bytes) -> bool:
+    whole = whole_request(data, DEFAULT_MAX_HEAD_BYTES)
+    if whole is None:
+        return False
+    assert request_outcome([data], fast=False) == whole_outcome(*whole[:1], data, whole[1]), data
+    parser = RequestParser()
+    parser.feed(data)
+    # The lane leaves a keep-alive connection's parser as it found it: at a boundary.
+    assert parser.at_boundary == whole[0].keep_alive, data
+    return True
+
+
+def assert_whole_response_agrees(data: bytes) -> bool:
+    whole = whole_response(data, DEFAULT_MAX_HEAD_BYTES)
+    if whole is None:
+        return False
+    expected = whole_outcome(*whole[:1], data, whole[1])
+    assert response_outcome([data], "GET", fast=False) == expected, data
+    return True
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=st.lists(requests(), min_size=1, max_size=2))
+def test_a_request_whole_request_takes_is_what_llhttp_parses(stream: list[bytes]) -> None:
+    assert_whole_request_agrees(b"".join(stream))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=st.lists(responses(), min_size=1, max_size=2))
+def test_a_response_whole_response_takes_is_what_llhttp_parses(stream: list[bytes]) -> None:
+    assert_whole_response_agrees(b"".join(stream))
+
+
+GET = b"GET http://a.test/x HTTP/1.1\r\nHost: a.test\r\nAccept: */*\r\n\r\n"
+POST = b"POST http://a.test/x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
+
+
+def test_whole_request_takes_one_plain_request_and_its_whole_body() -> None:
+    for data in (GET, POST, GET.replace(b"1.1", b"1.0"), POST.replace(b"POST", b"PUT")):
+        assert assert_whole_request_agrees(data), data
+    assert whole_request(POST, DEFAULT_MAX_HEAD_BYTES)[1] == len(POST) - 3  # type: ignore[index]
+
+
+def test_whole_request_leaves_everything_else_to_the_parser() -> None:
+    others = {
+        "part of a head": GET[:-2],
+        "part of a body": POST[:-1],
+        "more than its body": POST + b"d",
+        "two requests": GET + GET,
+        "chunked": GET[:-2] + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "CONNECT": b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
+        "Upgrade": GET[:-2] + b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "two Hosts": GET[:-2] + b"Host: b.test\r\n\r\n",
+        "over max_head_bytes": GET[:-2] + b"X: " + b"v" * 100 + b"\r\n\r\n",
+    }
+    for name, data in others.items():
+        assert whole_request(data, 120) is None, name
+
+
+def test_whole_response_takes_one_final_response_framed_by_its_length() -> None:
+    no_content = b"HTTP/1.1 204 No Content\r\nX: 1\r\n\r\n"
+    for data in (OK, OK.replace(b"1.1", b"1.0"), no_content, no_content.replace(b"204", b"304")):
+        assert assert_whole_response_agrees(data), data
+
+
+def test_whole_response_leaves_everything_else_to_the_parser() -> None:
+    others = {
+        "part of a body": OK[:-1],
+        "more than its body": OK + b"d",
+        "two responses": OK + OK,
+        "a 204 and more": b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+        "interim": b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK,
+        "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "close-delimited": b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
+    }
+    for name, data in others.items():
+        assert whole_response(data, DEFAULT_MAX_HEAD_BYTES) is None, name

@@ -53,6 +53,10 @@ IDLE, DIALING, FORWARDING, TUNNEL = range(4)
 _PROXY_AUTHENTICATE = (b"Proxy-Authenticate", b'Basic realm="fixedip", charset="UTF-8"')
 _LOCAL_PATHS = (b"/whoami", b"/egress")
 RETRY_AFTER_S = 1
+# Repeat keep-alive requests and whole responses take the lane (repeat_request and
+# whole_response); cleared, everything takes the generic path (tests compare the two,
+# benchmarks.hotpath --no-lane).
+LANE = True
 ROUTE_SUFFIX = ".route.fixedip"
 
 
@@ -77,6 +81,7 @@ class HttpProxySession(ClientSession):
         self.upstream_was_pooled = False
         self.auth_memo: tuple[Runtime, bytes | None, ClientConfig | None, Decision] | None = None
         self.target_memo: tuple[bytes, bytes | None, http1.Target] | None = None
+        self.repeat: _Repeat | None = None  # what the lane compares a request with
         # current exchange
         self.req_done = False
         self.resp_done = False
@@ -115,6 +120,8 @@ class HttpProxySession(ClientSession):
                 self.pause("early")
             return
         if self.state == IDLE and not self.queue:
+            if self.repeat is not None and self.repeat_request(data):
+                return
             if not self.head_clock:
                 # The header clock starts at a head's first byte and is not pushed out
                 # by later bytes: a client trickling a head (slowloris) still times out.
@@ -175,20 +182,11 @@ class HttpProxySession(ClientSession):
 
     # one request -------------------------------------------------------------------
     def start(self, head: RequestHead) -> None:
-        self.head = head
-        self.head_clock = False
-        self.req_done = self.resp_done = self.resp_started = False
-        self.upstream_reusable = False
         kind = "connect" if head.method == "CONNECT" else "http"
         if head.target.startswith(b"/"):
             kind = "local"
-        self.new_record(kind, head.method)
-        self.state = DIALING
-        self.arm(self.gw.runtime.config.timeouts.idle_s, "exchange")
-        if self.gw.draining:
-            self.close_after = True
+        self.begin(head, kind)
         rt = self.gw.runtime
-        tunnel = head.method == "CONNECT"
         try:
             prepared = self.prepare(head)
             if prepared is None:
@@ -203,7 +201,7 @@ class HttpProxySession(ClientSession):
                 target.host,
                 target.port,
                 target.is_ip,
-                tunnel=tunnel,
+                tunnel=head.method == "CONNECT",
                 tls=self.route.tls if self.route else None,
             )
         except Exception as exc:
@@ -212,16 +210,100 @@ class HttpProxySession(ClientSession):
         if isinstance(result, Dialed):
             self.dialed(head, target, result)
         else:
-            # Waiting on DNS or a new connection: stop reading meanwhile, so a body or
-            # pipelined requests cannot pile up (the synchronous path never pauses).
-            self.pause("dial")
-            task = self.loop.create_task(self.dial_slowly(head, client, target, result))
-            if result.permit is not None:
-                # Cancelled before its first step, a coroutine runs no cleanup: give the
-                # permit dial_now took back here (release is idempotent).
-                permit = result.permit
-                task.add_done_callback(lambda t: permit.release() if t.cancelled() else None)
-            self.dial_task = task
+            self.dial_later(head, client, target, result)
+
+    def begin(self, head: RequestHead, kind: str) -> None:
+        """`head` opens an exchange: its flow record and its deadline."""
+        self.head = head
+        self.head_clock = False
+        self.req_done = self.resp_done = self.resp_started = False
+        self.upstream_reusable = False
+        self.new_record(kind, head.method)
+        self.state = DIALING
+        self.arm(self.gw.runtime.config.timeouts.idle_s, "exchange")
+        if self.gw.draining:
+            self.close_after = True
+
+    def dial_later(
+        self, head: RequestHead, client: ClientConfig, target: http1.Target, attempt: Attempt
+    ) -> None:
+        """Waiting on DNS or a new connection: stop reading meanwhile, so a body or
+        pipelined requests cannot pile up (the synchronous path never pauses)."""
+        self.pause("dial")
+        task = self.loop.create_task(self.dial_slowly(head, client, target, attempt))
+        if attempt.permit is not None:
+            # Cancelled before its first step, a coroutine runs no cleanup: give the
+            # permit dial_now took back here (release is idempotent).
+            permit = attempt.permit
+            task.add_done_callback(lambda t: permit.release() if t.cancelled() else None)
+        self.dial_task = task
+
+    def repeat_request(self, data: bytes) -> bool:
+        """The lane for a keep-alive client repeating itself: `data` is one whole request
+        (head and Content-Length body) with the credentials, target and Host the
+        connection's last forwarded request was allowed with. It skips the parser, the
+        event queue and `prepare` (whose answers it already has); policy, the guard,
+        egress choice, shaping and the flow record run as on the generic path, and from
+        the dial on the exchange is the generic one's. False, with nothing changed, for
+        anything else."""
+        repeat = self.repeat
+        assert repeat is not None
+        if (
+            repeat.rt is not self.gw.runtime
+            or self.close_after
+            or self.gw.draining
+            or self.claimed != repeat.client.name
+            or not self.parser.at_boundary
+        ):
+            return False
+        whole = http1.whole_request(data, self.parser.max_head)
+        if whole is None:
+            return False
+        head, start = whole
+        if (
+            head.target != repeat.target
+            or not head.keep_alive
+            or head.get(b"host") != repeat.host
+            or head.get(b"proxy-authorization") != repeat.auth
+            or (repeat.max_body and (head.content_length or 0) > repeat.max_body)
+        ):
+            return False
+        self.begin(head, "http")
+        client, target = repeat.client, repeat.dest
+        record = self.record
+        assert record is not None
+        record.client, record.host, record.port = client.name, target.host, target.port
+        self.route = None
+        try:
+            result = dial_now(
+                repeat.rt,
+                self.gw.resolver,
+                self.gw.upstreams,
+                self.gw.health,
+                client,
+                target.host,
+                target.port,
+                target.is_ip,
+                tunnel=False,
+            )
+        except Exception as exc:
+            self.lane_left(head, start, data)
+            self.failed(head, exc)
+        else:
+            if isinstance(result, Dialed):
+                self.dialed(head, target, result, data[start:])
+                return True
+            self.lane_left(head, start, data)
+            self.dial_later(head, client, target, result)
+        self.pump()
+        return True
+
+    def lane_left(self, head: RequestHead, start: int, data: bytes) -> None:
+        """The generic path takes over a lane request: the events the parser would have
+        queued after the head."""
+        if head.content_length:
+            self.queue.append(Body(data[start:]))
+        self.queue.append(http1.END)
 
     def prepare(self, head: RequestHead) -> tuple[ClientConfig, http1.Target] | None:
         """Everything decided without waiting: who is asking, for where, within limits."""
@@ -251,6 +333,16 @@ class HttpProxySession(ClientSession):
         limit = rt.config.limits.max_body_bytes
         if limit and (head.content_length or 0) > limit:
             raise Refused(Decision(Reason.BODY_TOO_LARGE), f"body over {limit} bytes")
+        if LANE and self.route is None and head.method != "CONNECT":
+            self.repeat = _Repeat(
+                rt,
+                head.get(b"proxy-authorization"),
+                head.target,
+                head.get(b"host"),
+                client,
+                target,
+                limit,
+            )
         return client, target
 
     def absolute_target(self, head: RequestHead) -> http1.Target:
@@ -323,7 +415,9 @@ class HttpProxySession(ClientSession):
             log.error("internal error handling %s from %s", head.method, self.peer, exc_info=exc)
             self.send_error(Decision(Reason.INTERNAL_ERROR), "", close=True)
 
-    def dialed(self, head: RequestHead, target: http1.Target, dialed: Dialed) -> None:
+    def dialed(
+        self, head: RequestHead, target: http1.Target, dialed: Dialed, whole: bytes | None = None
+    ) -> None:
         record = self.record
         if self.closed or record is None:
             if dialed.permit is not None:
@@ -337,7 +431,7 @@ class HttpProxySession(ClientSession):
         if head.method == "CONNECT":
             self.open_tunnel(dialed)
         else:
-            self.send_request(head, target, dialed)
+            self.send_request(head, target, dialed, whole)
 
     def check_host_header(self, host: bytes | None, target: http1.Target) -> None:
         if host is None:
@@ -364,7 +458,11 @@ class HttpProxySession(ClientSession):
         self.resume("early")
         self.resume("busy")
 
-    def send_request(self, head: RequestHead, target: http1.Target, dialed: Dialed) -> None:
+    def send_request(
+        self, head: RequestHead, target: http1.Target, dialed: Dialed, whole: bytes | None = None
+    ) -> None:
+        """The request head upstream, then its body as the client sends it; with `whole`,
+        the body has already arrived (the lane): it leaves with the head in one write."""
         up = dialed.upstream
         self.upstream_was_pooled = dialed.reused
         self.upstream = up
@@ -383,9 +481,17 @@ class HttpProxySession(ClientSession):
         elif head.content_length is not None:
             headers.append((b"Content-Length", str(head.content_length).encode()))
         line = b"%s %s HTTP/1.1" % (head.method.encode(), target.path)
-        up.write(http1.serialize_head(line, headers))
+        out = http1.serialize_head(line, headers)
+        if whole:
+            assert self.record is not None
+            self.record.bytes_up += len(whole)
+            out += whole
+        up.write(out)
         if self._writing_paused and up.transport is not None:
             up.transport.pause_reading()
+        if whole is not None:
+            self.req_done = True  # waiting for the response, as after request_ended
+            return
         self.state = FORWARDING
         self.resume("dial")
         self.pump()
@@ -456,6 +562,13 @@ class HttpProxySession(ClientSession):
         up = self.upstream
         if up is None or up.parser is None:
             return
+        if (
+            LANE
+            and self.req_done
+            and not self.resp_started
+            and self.whole_response(up.parser, data)
+        ):
+            return
         self.touch(self.gw.runtime.config.timeouts.idle_s)
         try:
             events = up.parser.feed(data)
@@ -465,6 +578,32 @@ class HttpProxySession(ClientSession):
         self.response_events(events)
         if self.resp_left is not None and self.resp_left >= self._splice_at and not self.resp_done:
             self.try_splice_body()
+
+    def whole_response(self, parser: http1.ResponseParser, data: bytes) -> bool:
+        """The lane's other half: `data` is the whole response to a request sent in full,
+        head and body, so it goes to the client in one write, framed as the generic path
+        frames it (`response_head`), without the parser or its events. False, with
+        nothing changed, for anything else."""
+        if self.out is not None or self.resp_head_method == "HEAD" or not parser.at_boundary:
+            return False
+        whole = http1.whole_response(data, parser.max_head)
+        if whole is None:
+            return False
+        resp, start = whole
+        self.out = []
+        try:
+            self.response_head(resp)
+            if start < len(data):
+                body = data[start:]
+                if self.record is not None:
+                    self.record.bytes_down += len(body)
+                self.out.append(body)
+            self.resp_left = 0
+            self.resp_done = True
+            self.maybe_complete()
+        finally:
+            self.flush_out()
+        return True
 
     def response_events(self, events: list[Event]) -> None:
         # One write per batch of events: a small response leaves in one segment.
@@ -800,6 +939,20 @@ class HttpProxySession(ClientSession):
         if self.dial_task is not None and not self.dial_task.done():
             self.dial_task.cancel()
         super().connection_lost(exc)
+
+
+class _Repeat(NamedTuple):
+    """What a connection's last forwarded request was allowed with, for the lane to
+    compare the next one against: the configuration, the request's Proxy-Authorization,
+    target and Host as sent, and what `prepare` made of them."""
+
+    rt: Runtime
+    auth: bytes | None
+    target: bytes
+    host: bytes | None
+    client: ClientConfig
+    dest: http1.Target
+    max_body: int
 
 
 class _Forward(NamedTuple):

@@ -258,7 +258,7 @@ class _Parser:
     _malformed = "malformed request"  # how errors llhttp reports are introduced
 
     def __init__(self, max_head_bytes: int, fast: bool | None = None) -> None:
-        self._max_head = max_head_bytes
+        self.max_head = max_head_bytes  # a head longer than this is refused (431)
         # try the one-pass head parser at message boundaries
         self._fast = FAST_HEADS if fast is None else fast
         self._llhttp_idle = True  # llhttp holds no part of a message
@@ -273,6 +273,15 @@ class _Parser:
         self._chunk_line: int | None = None  # bytes of the chunk-size line being read
         self._chunk_headers = 0  # chunk-size lines completed so far
 
+    @property
+    def at_boundary(self) -> bool:
+        """True when the parser holds no part of a message: the next byte fed starts one.
+        Only then may a caller parse a whole message itself (`whole_request`) and leave
+        this parser out, its state unchanged."""
+        return (
+            self._llhttp_idle and not self._fast_left and not self._closing and self._error is None
+        )
+
     # httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._llhttp_idle = False
@@ -286,7 +295,7 @@ class _Parser:
         assert head is not None
         head.url += url
         head.size += len(url)
-        if head.size > self._max_head:
+        if head.size > self.max_head:
             self._fail(ProtocolError(414, "request target too long"))
 
     def on_status(self, reason: bytes) -> None:
@@ -305,7 +314,7 @@ class _Parser:
         head.headers.append((name, value))
         head.lnames.append(name.lower())
         head.size += len(name) + len(value) + _HEADER_OVERHEAD
-        if head.size > self._max_head or len(head.headers) > MAX_HEADERS:
+        if head.size > self.max_head or len(head.headers) > MAX_HEADERS:
             self._fail(ProtocolError(431, "request header fields too large"))
 
     def on_body(self, body: bytes) -> None:
@@ -355,7 +364,7 @@ class _Parser:
                         self._bad_status, f"{self._malformed}: Data after `Connection: close`"
                     )
                 )
-            stop = data.find(b"\r\n\r\n", pos, pos + self._max_head)
+            stop = data.find(b"\r\n\r\n", pos, pos + self.max_head)
             if stop < 0 or not self._fast_head(data, pos, stop + 4):
                 break
             pos = stop + 4
@@ -394,7 +403,7 @@ class _Parser:
             self._quiet_bytes = 0
             return
         self._quiet_bytes += fed
-        if self._quiet_bytes > self._max_head:
+        if self._quiet_bytes > self.max_head:
             self._fail(ProtocolError(431, "request header fields too large"))
 
     def _take(self) -> list[Event]:
@@ -432,7 +441,7 @@ class _Parser:
                 # values without reporting it, so the callbacks under-count; raw bytes
                 # keep max_head_bytes honest (to within two pieces).
                 head_before.raw += stop - pos
-                if head_before.raw > self._max_head:
+                if head_before.raw > self.max_head:
                     self._fail(ProtocolError(431, "request header fields too large"))
             if line_before is not None:
                 if self._chunk_headers == headers_before:
@@ -718,6 +727,53 @@ class ResponseParser(_Parser):
             self._in_body = False
             return [*self._take(), END]
         return self._take()
+
+
+def whole_request(data: bytes, max_head: int) -> tuple[RequestHead, int] | None:
+    """`data` as exactly one plain request and the whole of its Content-Length body: its
+    head, as a RequestParser at a message boundary would give it, and where the body
+    starts. None for anything else (part of a message, more than one, chunked, Upgrade,
+    any head the one-pass parser leaves to llhttp): the parser decides those."""
+    stop = data.find(b"\r\n\r\n", 0, max_head) + 4
+    if stop < 4:
+        return None
+    m = _REQUEST_HEAD_RE.fullmatch(data, 0, stop)
+    if m is None:
+        return None
+    version = _VERSIONS[m[3]]
+    fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
+    if fields is None:
+        return None
+    headers, lnames, length, keep_alive = fields
+    if len(data) - stop != (length or 0):
+        return None
+    head = RequestHead(_METHODS[m[1]], m[2], version, headers, keep_alive, False, length, lnames)
+    return head, stop
+
+
+def whole_response(data: bytes, max_head: int) -> tuple[ResponseHead, int] | None:
+    """`data` as exactly one final response framed by Content-Length (or a bodiless 204
+    or 304), body and all: its head, as a ResponseParser at a message boundary would
+    give it for any method but HEAD, and where the body starts. None for anything else."""
+    stop = data.find(b"\r\n\r\n", 0, max_head) + 4
+    if stop < 4:
+        return None
+    m = _RESPONSE_HEAD_RE.fullmatch(data, 0, stop)
+    if m is None:
+        return None
+    version = _VERSIONS[m[1]]
+    fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
+    if fields is None:
+        return None
+    headers, lnames, length, keep_alive = fields
+    status = int(m[2])
+    if status in (204, 304):
+        if len(data) != stop:
+            return None
+    elif length is None or len(data) - stop != length:
+        return None
+    head = ResponseHead(status, m[3], version, headers, keep_alive, False, length, lnames)
+    return head, stop
 
 
 class _HeadDone(Exception):
