@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-dev run test lint fmt fuzz bench bench-import clean
+.PHONY: install install-dev compile run test lint fmt fuzz bench bench-import clean
 
 # The venv and the package with its server extra; re-runs only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -21,13 +21,23 @@ $(VENV)/.installed-dev: $(STAMP) pyproject.toml
 
 install-dev: $(VENV)/.installed-dev
 
-run: install
+# The hot path compiled with mypyc into C extension modules beside their sources (about
+# half the CPU per request; see scripts/compile). Rebuilt when any source changes, since
+# compiled code assumes the shapes of what it imports. Without gcc and Python's headers
+# it says so and the pure-Python modules run.
+COMPILED := src/fixedip/.compiled
+$(COMPILED): $(STAMP) $(shell find src/fixedip -name '*.py')
+	scripts/compile
+
+compile: $(COMPILED)
+
+run: install compile
 	$(BIN)/fixedip serve $(if $(CONFIG),--config $(CONFIG))
 
 # The suite runs inside a fresh network namespace that holds only loopback
 # (scripts/isolated: `unshare --net`, then `ip link set lo up`), so a test that expects a
 # refusal can never put a packet on a real network (see docs/testing.md).
-test: install-dev lint .venv-checkov/.installed
+test: install-dev lint compile .venv-checkov/.installed
 	scripts/isolated $(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 # checkov (for the Terraform that `fixedip render` writes) in a venv of its own: it pins
@@ -44,8 +54,11 @@ lint: install-dev
 
 # Coverage-guided fuzzing (atheris) of the HTTP head parser, the SOCKS5 parser and the
 # config loader, for a bounded time (FUZZ_SECONDS per target). Crashes land in fuzz/crashes/.
+# atheris follows Python bytecode, so the compiled hot path is removed first (the next
+# make run or make test builds it again).
 FUZZ_SECONDS ?= 60
 fuzz: install-dev
+	scripts/compile --clean
 	$(BIN)/pip install --quiet atheris
 	scripts/isolated $(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS)
 
@@ -54,7 +67,7 @@ fuzz: install-dev
 # Then the webhook relay (durable acks/s with 1 KiB bodies -> benchmarks/results/ingress.*)
 # flow-log analysis (records/s -> benchmarks/results/flows.*) and the fleet's Redis client
 # against redis-py (CPU per limiter call -> benchmarks/results/redis-client.*).
-bench: install-dev
+bench: install-dev compile
 	benchmarks/run $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.ingress
 	$(BIN)/python -m benchmarks.flows
@@ -69,4 +82,5 @@ fmt: install-dev
 	$(BIN)/ruff check --fix src tests examples benchmarks
 
 clean:
+	scripts/compile --clean
 	rm -rf $(VENV) .venv-checkov build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

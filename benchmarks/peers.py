@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.procs import Proc
+from fixedip import compiled
 
 HOST = "127.0.0.1"
 EGRESS_IP = "127.0.0.10"
@@ -102,7 +103,9 @@ def versions() -> dict[str, str]:
         "squid": f"squid {squid_version} (squid-openssl {deb['squid-openssl']})",
         "tinyproxy": f"tinyproxy {deb['tinyproxy']}",
         "proxy.py": f"proxy.py {proxy_py_version()}",
-        "fixedip": "fixedip " + _first_line([str(REPO / ".venv" / "bin" / "fixedip"), "version"]),
+        "fixedip": "fixedip "
+        + _first_line([str(REPO / ".venv" / "bin" / "fixedip"), "version"])
+        + f", {compiled.describe()}",
         "wrk": f"wrk {deb['wrk']}",
         "curl": _first_line(["curl", "--version"]),
     }

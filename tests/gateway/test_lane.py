@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from fixedip.gateway import http_proxy
-from fixedip.gateway.http_proxy import HttpProxySession
 from tests.helpers import TOKENS, RunningGateway, basic, read_flow_log
 
 MakeGateway = Callable[..., RunningGateway]
@@ -200,23 +199,9 @@ def run(
     script = scenario(vendor.port)
     vendor.answers = script.answers
     gw = make_gateway(log={"flow": str(flows)}, **script.config)
-    served = {"repeat_request": 0, "whole_response": 0}
-
-    def counted(name: str) -> Callable[..., bool]:
-        original = getattr(HttpProxySession, name)
-
-        def count(*args: Any) -> bool:
-            taken: bool = original(*args)
-            served[name] += taken
-            return taken
-
-        return count
-
     responses: list[bytes] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(http_proxy, "LANE", lane)
-        for name in served:
-            patch.setattr(HttpProxySession, name, counted(name))
         with socket.create_connection(gw.http, timeout=10) as sock:
             buf = bytearray()
             for step in script.steps:
@@ -224,6 +209,11 @@ def run(
                     sock.sendall(piece)
                     time.sleep(0.05)  # a separate read at the gateway
                 responses += [read_response(sock, buf, m) for m in step.methods]
+    metrics = gw.gateway.metrics
+    served = {"requests": metrics.lane_requests, "responses": metrics.lane_responses}
+    for part, count in (("request", served["requests"]), ("response", served["responses"])):
+        exported = metrics.registry.get_sample_value("fixedip_http_lane_total", {"part": part})
+        assert exported == (count or None), part  # /metrics says the same
     vendor.close()
     # Each run has its own vendor port: written as PORT, the runs compare.
     port = b":%d" % vendor.port
@@ -411,8 +401,8 @@ def test_the_lane_answers_exactly_as_the_generic_path(
     assert lane[1] == generic[1]  # the vendor's bytes
     assert lane[2] == generic[2]  # the flow records
     assert len(lane[2]) == len(expected.statuses)
-    assert lane[3] == {"repeat_request": expected.lane, "whole_response": expected.whole}
-    assert generic[3] == {"repeat_request": 0, "whole_response": 0}
+    assert lane[3] == {"requests": expected.lane, "responses": expected.whole}
+    assert generic[3] == {"requests": 0, "responses": 0}
 
 
 def test_the_lane_serves_a_client_pinned_to_its_egress(
@@ -432,7 +422,7 @@ def test_the_lane_serves_a_client_pinned_to_its_egress(
 
     responses, received, records, served = run(make_gateway, tmp_path, scenario, lane=True)
     assert statuses(responses) == [200] * 3
-    assert served == {"repeat_request": 2, "whole_response": 3}
+    assert served == {"requests": 2, "responses": 3}
     assert {r["egress"] for r in records} == {"127.0.0.11"}
     assert all(r["client"] == "pinned" for r in records)
     assert len(received) == 3

@@ -45,6 +45,7 @@ def serve(
         runner = asyncio.run
     else:
         runner = uvloop.run
+    from fixedip import compiled
     from fixedip.gateway.server import Gateway, StartupError, run
 
     def announce(gateway: Gateway | None) -> None:
@@ -66,6 +67,7 @@ def serve(
         lines.append(f"  egress IPs             {ips} ({cfg.egress.strategy})")
         if cfg.server.workers > 1:
             lines.append(f"  workers                {cfg.server.workers} (SO_REUSEPORT)")
+        lines.append(f"  {'speed':22} {compiled.describe()}")
         if cfg.source == EMBEDDED_DEFAULT and "echo" in addrs and "http" in addrs:
             eh, ep = addrs["echo"]
             ph, pp = addrs["http"]

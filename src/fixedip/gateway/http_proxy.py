@@ -218,6 +218,7 @@ class HttpProxySession(ClientSession):
         self.head_clock = False
         self.req_done = self.resp_done = self.resp_started = False
         self.upstream_reusable = False
+        self.route = None  # route mode is decided per request (prepare)
         self.new_record(kind, head.method)
         self.state = DIALING
         self.arm(self.gw.runtime.config.timeouts.idle_s, "exchange")
@@ -268,12 +269,12 @@ class HttpProxySession(ClientSession):
             or (repeat.max_body and (head.content_length or 0) > repeat.max_body)
         ):
             return False
+        self.gw.metrics.lane_requests += 1
         self.begin(head, "http")
         client, target = repeat.client, repeat.dest
         record = self.record
         assert record is not None
         record.client, record.host, record.port = client.name, target.host, target.port
-        self.route = None
         try:
             result = dial_now(
                 repeat.rt,
@@ -313,7 +314,7 @@ class HttpProxySession(ClientSession):
         client, decision = self.authenticate(head)
         if client is not None:
             record.client = client.name
-        self.route = None
+        absolute = False  # an absolute-form target: the lane may take its repeats
         if head.method == "CONNECT":
             target = http1.parse_connect_target(head.target)
         elif head.target.startswith(b"/r/"):
@@ -324,6 +325,7 @@ class HttpProxySession(ClientSession):
             return None
         else:
             target = self.absolute_target(head)
+            absolute = self.route is None  # not a name under ROUTE_SUFFIX
         record.host, record.port = target.host, target.port
         if not decision.allowed:
             raise Refused(decision)
@@ -333,7 +335,7 @@ class HttpProxySession(ClientSession):
         limit = rt.config.limits.max_body_bytes
         if limit and (head.content_length or 0) > limit:
             raise Refused(Decision(Reason.BODY_TOO_LARGE), f"body over {limit} bytes")
-        if LANE and self.route is None and head.method != "CONNECT":
+        if LANE and absolute:
             self.repeat = _Repeat(
                 rt,
                 head.get(b"proxy-authorization"),
@@ -590,6 +592,7 @@ class HttpProxySession(ClientSession):
         if whole is None:
             return False
         resp, start = whole
+        self.gw.metrics.lane_responses += 1
         self.out = []
         try:
             self.response_head(resp)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fixedip.config import ClientConfig
 from fixedip.gateway.runtime import Refused, dial
@@ -137,7 +137,7 @@ class SocksSession(ClientSession):
         record.rule = dialed.rule
         record.status = 0
         self.permit = dialed.permit
-        bound = ("0.0.0.0", 0)
+        bound: tuple[Any, ...] = ("0.0.0.0", 0)  # IPv6 names have four fields
         if dialed.upstream.transport is not None:
             bound = dialed.upstream.transport.get_extra_info("sockname") or bound
         self.socks.reply(0, ipaddress.ip_address(bound[0].split("%", 1)[0]), bound[1])

@@ -113,6 +113,18 @@ class Metrics:
             "Tunnels that became bulk transfers and moved on in the kernel (splice).",
             registry=reg,
         )
+        # Requests and whole responses the keep-alive lane took (HttpProxySession), summed
+        # here by the session and moved into the counter on a read like the flows.
+        self.lane_requests = 0
+        self.lane_responses = 0
+        self._lane = Counter(
+            "fixedip_http_lane",
+            "Requests (part=request) and responses (part=response) that took the keep-alive "
+            "lane: a repeat request or a whole response passed on without the generic parser.",
+            ["part"],
+            registry=reg,
+        )
+        self._lane_flushed = (0, 0)
         self._bodies_spliced = Counter(
             "fixedip_bodies_spliced",
             "Long response bodies of known length moved to the client in the kernel (splice).",
@@ -187,6 +199,13 @@ class Metrics:
         the open-connection gauges."""
         for listener, count in list(self._connections.items()):
             self._connections_open.labels(listener).set(count)
+        now = (self.lane_requests, self.lane_responses)
+        for part, count, before in zip(
+            ("request", "response"), now, self._lane_flushed, strict=True
+        ):
+            if count != before:
+                self._lane.labels(part).inc(count - before)
+        self._lane_flushed = now
         sums, self._flow_sums = self._flow_sums, {}
         for key, (flows, up, down) in sums.items():
             children = self._flow_children.get(key)

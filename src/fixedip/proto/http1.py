@@ -388,6 +388,13 @@ class _Parser:
         else:
             self._body_left = identity_bytes
 
+    def _raise_failed(self) -> None:
+        """A parser that refused its input refuses everything after it. (A method, not an
+        inline check: the callbacks set `_error` behind the caller's back, so the caller
+        must not treat it as known to be None afterwards, as a compiled build would.)"""
+        if self._error is not None:
+            raise self._error
+
     def _fail(self, error: ProtocolError) -> NoReturn:
         self._error = error
         raise error
@@ -551,8 +558,7 @@ class RequestParser(_Parser):
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse `data`; raises ProtocolError for input that must be refused."""
-        if self._error is not None:
-            raise self._error
+        self._raise_failed()
         if self._upgraded:
             raise RuntimeError("feed() after Upgrade: the bytes belong to the tunnel")
         head_before = self._head
@@ -687,8 +693,7 @@ class ResponseParser(_Parser):
             raise _HeadDone
 
     def feed(self, data: bytes) -> list[Event]:
-        if self._error is not None:
-            raise self._error
+        self._raise_failed()
         head_before = self._head
         start = 0
         if self._fast_left or (self._fast and self._llhttp_idle):
