@@ -105,7 +105,7 @@ def versions() -> dict[str, str]:
         "proxy.py": f"proxy.py {proxy_py_version()}",
         "fixedip": "fixedip "
         + _first_line([str(REPO / ".venv" / "bin" / "fixedip"), "version"])
-        + f", {compiled.describe()}",
+        + f" ({compiled.describe()})",
         "wrk": f"wrk {deb['wrk']}",
         "curl": _first_line(["curl", "--version"]),
     }
