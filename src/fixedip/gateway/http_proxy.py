@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from fixedip.bounded import remember
 from fixedip.config import ClientConfig
 from fixedip.gateway import splice
-from fixedip.gateway.routes import RouteTarget
+from fixedip.gateway.routes import RouteTarget, RouteTLS
 from fixedip.gateway.runtime import (
     ROUTE_CACHE_MAX,
     Attempt,
@@ -186,21 +186,14 @@ class HttpProxySession(ClientSession):
         if head.target.startswith(b"/"):
             kind = "local"
         self.begin(head, kind)
-        rt = self.gw.runtime
         try:
             prepared = self.prepare(head)
             if prepared is None:
                 return  # answered by the gateway itself
             client, target = prepared
-            result = dial_now(
-                rt,
-                self.gw.resolver,
-                self.gw.upstreams,
-                self.gw.health,
+            result = self.dial_now(
                 client,
-                target.host,
-                target.port,
-                target.is_ip,
+                target,
                 tunnel=head.method == "CONNECT",
                 tls=self.route.tls if self.route else None,
             )
@@ -211,6 +204,29 @@ class HttpProxySession(ClientSession):
             self.dialed(head, target, result)
         else:
             self.dial_later(head, client, target, result)
+
+    def dial_now(
+        self,
+        client: ClientConfig,
+        target: http1.Target,
+        *,
+        tunnel: bool = False,
+        tls: RouteTLS | None = None,
+    ) -> Dialed | Attempt:
+        """runtime.dial_now with this gateway's parts: dialed, or what `dial` must finish."""
+        gw = self.gw
+        return dial_now(
+            gw.runtime,
+            gw.resolver,
+            gw.upstreams,
+            gw.health,
+            client,
+            target.host,
+            target.port,
+            target.is_ip,
+            tunnel=tunnel,
+            tls=tls,
+        )
 
     def begin(self, head: RequestHead, kind: str) -> None:
         """`head` opens an exchange: its flow record and its deadline."""
@@ -276,17 +292,7 @@ class HttpProxySession(ClientSession):
         assert record is not None
         record.client, record.host, record.port = client.name, target.host, target.port
         try:
-            result = dial_now(
-                repeat.rt,
-                self.gw.resolver,
-                self.gw.upstreams,
-                self.gw.health,
-                client,
-                target.host,
-                target.port,
-                target.is_ip,
-                tunnel=False,
-            )
+            result = self.dial_now(client, target)
         except Exception as exc:
             self.lane_left(head, start, data)
             self.failed(head, exc)

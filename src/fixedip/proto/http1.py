@@ -205,9 +205,11 @@ def _framing(
     return chunked, length
 
 
-def _fast_fields(
-    data: bytes, start: int, stop: int, http11: bool
-) -> tuple[list[tuple[bytes, bytes]], list[bytes], int | None, bool] | None:
+# (headers, lowercase names, Content-Length, keep-alive) of a plain head
+_Fields = tuple[list[tuple[bytes, bytes]], list[bytes], int | None, bool]
+
+
+def _fast_fields(data: bytes, start: int, stop: int, http11: bool) -> _Fields | None:
     """(headers, lowercase names, Content-Length, keep-alive) of the header block in
     `data[start:stop]`, already validated by the head's regular expression; None for a
     head llhttp must judge: chunked or look-alike framing, Upgrade, two Host fields,
@@ -739,17 +741,10 @@ def whole_request(data: bytes, max_head: int) -> tuple[RequestHead, int] | None:
     head, as a RequestParser at a message boundary would give it, and where the body
     starts. None for anything else (part of a message, more than one, chunked, Upgrade,
     any head the one-pass parser leaves to llhttp): the parser decides those."""
-    stop = data.find(b"\r\n\r\n", 0, max_head) + 4
-    if stop < 4:
+    found = _plain_head(data, max_head, _REQUEST_HEAD_RE, 3)
+    if found is None:
         return None
-    m = _REQUEST_HEAD_RE.fullmatch(data, 0, stop)
-    if m is None:
-        return None
-    version = _VERSIONS[m[3]]
-    fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
-    if fields is None:
-        return None
-    headers, lnames, length, keep_alive = fields
+    m, version, (headers, lnames, length, keep_alive), stop = found
     if len(data) - stop != (length or 0):
         return None
     head = RequestHead(_METHODS[m[1]], m[2], version, headers, keep_alive, False, length, lnames)
@@ -760,17 +755,10 @@ def whole_response(data: bytes, max_head: int) -> tuple[ResponseHead, int] | Non
     """`data` as exactly one final response framed by Content-Length (or a bodiless 204
     or 304), body and all: its head, as a ResponseParser at a message boundary would
     give it for any method but HEAD, and where the body starts. None for anything else."""
-    stop = data.find(b"\r\n\r\n", 0, max_head) + 4
-    if stop < 4:
+    found = _plain_head(data, max_head, _RESPONSE_HEAD_RE, 1)
+    if found is None:
         return None
-    m = _RESPONSE_HEAD_RE.fullmatch(data, 0, stop)
-    if m is None:
-        return None
-    version = _VERSIONS[m[1]]
-    fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
-    if fields is None:
-        return None
-    headers, lnames, length, keep_alive = fields
+    m, version, (headers, lnames, length, keep_alive), stop = found
     status = int(m[2])
     if status in (204, 304):
         if len(data) != stop:
@@ -779,6 +767,24 @@ def whole_response(data: bytes, max_head: int) -> tuple[ResponseHead, int] | Non
         return None
     head = ResponseHead(status, m[3], version, headers, keep_alive, False, length, lnames)
     return head, stop
+
+
+def _plain_head(
+    data: bytes, max_head: int, pattern: re.Pattern[bytes], version_group: int
+) -> tuple[re.Match[bytes], str, _Fields, int] | None:
+    """The head at the start of `data` if the one-pass parser takes it: its match, HTTP
+    version, fields (see _fast_fields) and where it ends."""
+    stop = data.find(b"\r\n\r\n", 0, max_head) + 4
+    if stop < 4:
+        return None
+    m = pattern.fullmatch(data, 0, stop)
+    if m is None:
+        return None
+    version = _VERSIONS[m[version_group]]
+    fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
+    if fields is None:
+        return None
+    return m, version, fields, stop
 
 
 class _HeadDone(Exception):
