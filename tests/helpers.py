@@ -56,9 +56,9 @@ def basic(user: str, password: str) -> str:
 class RunningGateway:
     """A real Gateway on its own uvloop loop in a background thread."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.config = config
-        self.loop = uvloop.new_event_loop()
+        self.loop = loop or uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.gateway: Any = None
         self.addresses: dict[str, tuple[str, int]] = {}

@@ -34,11 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import uvloop
 from dnslib import AAAA, QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSLogger
 from dnslib.server import DNSServer as DnslibServer
 
-from fixedip.gateway import runtime
 from tests.helpers import (
     ALLOWED_EGRESS,
     TOKENS,
@@ -343,19 +343,25 @@ def tunnel_get(s: socket.socket) -> dict[str, Any]:
 # --- fixtures: one gateway of each kind for the whole module ------------------------------
 
 
+class ConnectRecordingLoop(uvloop.Loop):  # type: ignore[misc]
+    """An event loop that notes every TCP connect it is asked to make, (egress,
+    address, port), before making it: the gateway's upstream connections all go through
+    `loop.sock_connect`, compiled or not (a compiled module's calls to its own functions
+    cannot be patched)."""
+
+    def __init__(self, seen: list[tuple[str, str, int]]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        self.seen.append((str(sock.getsockname()[0]), str(address[0]), int(address[1])))
+        await super().sock_connect(sock, address)
+
+
 @pytest.fixture(scope="module")
-def attempts() -> Iterator[list[tuple[str, str, int]]]:
-    """Every upstream connect the gateway attempts: (egress, address, port)."""
-    seen: list[tuple[str, str, int]] = []
-    real = runtime.connect
-
-    async def spy(key: Any, pool: Any, timeout_s: float, *args: Any, **kwargs: Any) -> Any:
-        seen.append((str(key[0]), str(key[1]), key[2]))
-        return await real(key, pool, timeout_s, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtime, "connect", spy)
-        yield seen
+def attempts() -> list[tuple[str, str, int]]:
+    """Every upstream connect the gateways of this module attempt: (egress, address, port)."""
+    return []
 
 
 @pytest.fixture(scope="module")
@@ -429,7 +435,7 @@ def start_gateway(
         if use_dns:
             overrides["dns"] = {"servers": [f"127.0.0.1:{scripted_dns.port}"]}
         config = gateway_config(tmp_path_factory.mktemp("gateway"), **overrides)
-        gw = RunningGateway(config).start()
+        gw = RunningGateway(config, loop=ConnectRecordingLoop(attempts)).start()
         started.append(gw)
         return gw
 
@@ -686,6 +692,20 @@ ETC_HOSTS_NAMES = [
     case("LocalHost", "mixed-case-etc-hosts"),
     case("localhost.", "trailing-dot-etc-hosts"),
 ]
+
+
+def test_the_connect_spy_sees_an_allowed_connection(
+    start_gateway: Callable[..., RunningGateway],
+    attempts: list[Any],
+    rebind_vendor: VendorServer,
+) -> None:
+    """The refusal tests below assert that `attempts` stays empty; this one shows that
+    a connect the gateway does make lands there, so an empty list means something."""
+    gw = start_gateway(allow_cidrs=("127.0.0.1/32",), extra_ports=(rebind_vendor.port,))
+    before = len(attempts)
+    status, _, _ = http_exchange(gw.http, get(f"http://127.0.0.1:{rebind_vendor.port}/"))
+    assert status == 200
+    assert attempts[before:] == [(ALLOWED_EGRESS, "127.0.0.1", rebind_vendor.port)]
 
 
 @pytest.mark.parametrize(("host", "expect"), LEGACY_IPV4)
