@@ -27,7 +27,7 @@ install-dev: $(VENV)/.installed-dev
 # it says so and the pure-Python modules run.
 COMPILED := src/fixedip/.compiled
 $(COMPILED): $(STAMP) $(shell find src/fixedip -name '*.py')
-	scripts/compile
+	scripts/compile $(COMPILE_STRICT)
 
 compile: $(COMPILED)
 
@@ -37,6 +37,8 @@ run: install compile
 # The suite runs inside a fresh network namespace that holds only loopback
 # (scripts/isolated: `unshare --net`, then `ip link set lo up`), so a test that expects a
 # refusal can never put a packet on a real network (see docs/testing.md).
+# A build that fails stops the tests and the benchmarks (make run goes on in pure Python).
+test bench: COMPILE_STRICT := --strict
 test: install-dev lint compile .venv-checkov/.installed
 	scripts/isolated $(BIN)/pytest -n 2 $(PYTEST_ARGS)
 

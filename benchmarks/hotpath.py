@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     http1.FAST_HEADS = not args.llhttp_only
-    http_proxy.LANE = not args.no_lane
+    http_proxy.LANE = not (args.no_lane or args.llhttp_only)  # the lane parses with regexes
     try:
         import uvloop
 

@@ -36,6 +36,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if why is not None:
         pytest.exit(
             f"the compiled hot path is stale ({why}): run `make compile`, or "
-            "`scripts/compile --clean` to test the pure-Python modules",
+            "`scripts/compile --clean` and set FIXEDIP_TEST_PURE=1 to test the pure-Python "
+            "modules",
             returncode=3,
         )

@@ -59,8 +59,11 @@ def stale() -> str | None:
 
 
 def describe() -> str:
-    """One line for the start-up log."""
+    """One line for the start-up banner."""
     built = compiled_modules()
+    why = stale()
+    if why is not None:
+        return f"hot path compiled but STALE ({why}): run `make compile`"
     if len(built) == len(HOT_MODULES):
         return "hot path compiled with mypyc"
     if built:

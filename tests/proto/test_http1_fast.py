@@ -378,3 +378,30 @@ def test_whole_response_leaves_everything_else_to_the_parser() -> None:
     }
     for name, data in others.items():
         assert whole_response(data, DEFAULT_MAX_HEAD_BYTES) is None, name
+
+
+def test_a_whole_message_taken_outside_the_parser_ends_a_quiet_run() -> None:
+    """Feeds that yield no event (a lone CRLF between requests) add up to the head
+    bound; a request the lane takes whole counts as an event, as a parsed one would."""
+    parser = RequestParser(max_head_bytes=8)
+    for _ in range(3):
+        for _ in range(4):
+            assert parser.feed(b"\r\n") == []
+        parser.whole_taken()
+    parser.feed(b"\r\n" * 4)
+    try:
+        parser.feed(b"\r\n")
+    except ProtocolError as exc:
+        assert exc.status == 431
+    else:
+        raise AssertionError("a quiet run past max_head_bytes was accepted")
+
+
+def test_a_lone_crlf_after_every_request_never_adds_up_to_a_long_head() -> None:
+    """Old clients send CRLF after a request body; llhttp skips it between messages, and
+    a long keep-alive connection of such requests must not reach the head bound."""
+    parser = RequestParser(max_head_bytes=64)
+    request = b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    for _ in range(200):
+        assert len(parser.feed(request)) == 2  # the head and its end
+        assert parser.feed(b"\r\n") == []

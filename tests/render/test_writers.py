@@ -61,6 +61,13 @@ def test_yaml_writer_round_trips_through_a_yaml_parser(template: dict[str, Any])
     assert yaml.safe_load(cfnyaml.dumps(template, header="a header\nof two lines")) == template
 
 
+def test_yaml_writer_quotes_words_that_end_in_a_newline() -> None:
+    """A regular expression's `$` also matches before a final newline: `A\n` is no
+    plain word (found by the round-trip property above)."""
+    for template in ({"A": {"A\n": ""}}, {"A": {"0": "", "A\n": ""}}, {"A": {"B": "A\n"}}):
+        assert yaml.safe_load(cfnyaml.dumps(template)) == template
+
+
 def test_yaml_writer_keeps_scripts_as_literal_blocks() -> None:
     text = cfnyaml.dumps({"UserData": {"Fn::Sub": '#!/bin/bash\necho "${Name}"\n'}})
     assert 'Fn::Sub: |\n    #!/bin/bash\n    echo "${Name}"\n' in text

@@ -207,7 +207,11 @@ def parse_digitalocean(data: bytes, source: str = "digitalocean") -> Parsed:
     except UnicodeDecodeError:
         raise RangeFileError(f"{source}: not a UTF-8 CSV geofeed") from None
     ranges = []
-    for row in csv.reader(io.StringIO(text)):
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise RangeFileError(f"{source}: not a CSV geofeed ({exc})") from None
+    for row in rows:
         if not row or row[0].lstrip().startswith("#"):
             continue
         region = "/".join(p.strip() for p in row[1:4] if p.strip())

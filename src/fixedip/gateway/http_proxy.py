@@ -286,6 +286,7 @@ class HttpProxySession(ClientSession):
         ):
             return False
         self.gw.metrics.lane_requests += 1
+        self.parser.whole_taken()
         self.begin(head, "http")
         client, target = repeat.client, repeat.dest
         record = self.record
@@ -599,6 +600,7 @@ class HttpProxySession(ClientSession):
             return False
         resp, start = whole
         self.gw.metrics.lane_responses += 1
+        parser.whole_taken()
         self.out = []
         try:
             self.response_head(resp)

@@ -284,6 +284,11 @@ class _Parser:
             self._llhttp_idle and not self._fast_left and not self._closing and self._error is None
         )
 
+    def whole_taken(self) -> None:
+        """A whole message was parsed outside this parser (whole_request/whole_response):
+        like a feed that yielded events, it ends a run of feeds without one."""
+        self._quiet_bytes = 0
+
     # httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._llhttp_idle = False
@@ -445,7 +450,12 @@ class _Parser:
             except httptools.HttpParserUpgrade as upgrade:
                 offset = upgrade.args[0] if upgrade.args else stop - pos
                 raise httptools.HttpParserUpgrade(pos + offset) from None
-            if head_before is not None and self._head is head_before and not self._in_body:
+            if (
+                head_before is not None
+                and self._head is head_before
+                and not self._in_body
+                and not self._llhttp_idle  # bytes llhttp skips between messages are no head
+            ):
                 # A piece wholly inside one head. llhttp drops whitespace around header
                 # values without reporting it, so the callbacks under-count; raw bytes
                 # keep max_head_bytes honest (to within two pieces).

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 INDENT = "  "
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
-_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*(::[A-Za-z0-9_.-]+)*$")
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*\Z")
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*(::[A-Za-z0-9_.-]+)*\Z")
 # Plain words YAML 1.1 (PyYAML, cfn-lint) would read as booleans or null.
 _RESERVED = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"}
 
