@@ -496,27 +496,11 @@ class RequestParser(_Parser):
         self._connect = False
 
     def _fast_head(self, data: bytes, start: int, stop: int) -> bool:
-        m = _REQUEST_HEAD_RE.fullmatch(data, start, stop)
-        if m is None:
+        head = _plain_request(data, start, stop)
+        if head is None:
             return False
-        version = _VERSIONS[m[3]]
-        fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
-        if fields is None:
-            return False
-        headers, lnames, length, keep_alive = fields
-        self._events.append(
-            RequestHead(
-                method=_METHODS[m[1]],
-                target=m[2],
-                version=version,
-                headers=headers,
-                keep_alive=keep_alive,
-                chunked=False,
-                content_length=length,
-                lnames=lnames,
-            )
-        )
-        self._fast_body(keep_alive, length)
+        self._events.append(head)
+        self._fast_body(head.keep_alive, head.content_length)
         return True
 
     @property
@@ -634,32 +618,13 @@ class ResponseParser(_Parser):
     def _fast_head(self, data: bytes, start: int, stop: int) -> bool:
         """Final responses framed by Content-Length, or with no body; interim (1xx),
         chunked and close-delimited ones, and answers to HEAD, go to llhttp."""
-        m = _RESPONSE_HEAD_RE.fullmatch(data, start, stop)
-        if m is None or self._no_body:
+        head = None if self._no_body else _plain_response(data, start, stop)
+        if head is None:
             return False
-        version = _VERSIONS[m[1]]
-        fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
-        if fields is None:
-            return False
-        headers, lnames, length, keep_alive = fields
-        status = int(m[2])
-        bodiless = status in (204, 304)
-        if length is None and not bodiless:
-            return False  # close-delimited
         self.close_delimited = False
-        self._events.append(
-            ResponseHead(
-                status=status,
-                reason=m[3],
-                version=version,
-                headers=headers,
-                keep_alive=keep_alive,
-                chunked=False,
-                content_length=length,
-                lnames=lnames,
-            )
-        )
-        self._fast_body(keep_alive, None if bodiless else length)
+        self._events.append(head)
+        bodiless = head.status in (204, 304)
+        self._fast_body(head.keep_alive, None if bodiless else head.content_length)
         return True
 
     def expect(self, method: str) -> None:
@@ -751,13 +716,10 @@ def whole_request(data: bytes, max_head: int) -> tuple[RequestHead, int] | None:
     head, as a RequestParser at a message boundary would give it, and where the body
     starts. None for anything else (part of a message, more than one, chunked, Upgrade,
     any head the one-pass parser leaves to llhttp): the parser decides those."""
-    found = _plain_head(data, max_head, _REQUEST_HEAD_RE, 3)
-    if found is None:
+    stop = data.find(b"\r\n\r\n", 0, max_head) + 4
+    head = _plain_request(data, 0, stop) if stop >= 4 else None
+    if head is None or len(data) - stop != (head.content_length or 0):
         return None
-    m, version, (headers, lnames, length, keep_alive), stop = found
-    if len(data) - stop != (length or 0):
-        return None
-    head = RequestHead(_METHODS[m[1]], m[2], version, headers, keep_alive, False, length, lnames)
     return head, stop
 
 
@@ -765,36 +727,43 @@ def whole_response(data: bytes, max_head: int) -> tuple[ResponseHead, int] | Non
     """`data` as exactly one final response framed by Content-Length (or a bodiless 204
     or 304), body and all: its head, as a ResponseParser at a message boundary would
     give it for any method but HEAD, and where the body starts. None for anything else."""
-    found = _plain_head(data, max_head, _RESPONSE_HEAD_RE, 1)
-    if found is None:
-        return None
-    m, version, (headers, lnames, length, keep_alive), stop = found
-    status = int(m[2])
-    if status in (204, 304):
-        if len(data) != stop:
-            return None
-    elif length is None or len(data) - stop != length:
-        return None
-    head = ResponseHead(status, m[3], version, headers, keep_alive, False, length, lnames)
-    return head, stop
-
-
-def _plain_head(
-    data: bytes, max_head: int, pattern: re.Pattern[bytes], version_group: int
-) -> tuple[re.Match[bytes], str, _Fields, int] | None:
-    """The head at the start of `data` if the one-pass parser takes it: its match, HTTP
-    version, fields (see _fast_fields) and where it ends."""
     stop = data.find(b"\r\n\r\n", 0, max_head) + 4
-    if stop < 4:
+    head = _plain_response(data, 0, stop) if stop >= 4 else None
+    if head is None:
         return None
-    m = pattern.fullmatch(data, 0, stop)
+    body = 0 if head.status in (204, 304) else head.content_length
+    return (head, stop) if len(data) - stop == body else None
+
+
+def _plain_request(data: bytes, start: int, stop: int) -> RequestHead | None:
+    """The request head in `data[start:stop]` (CRLF CRLF included) if the one-pass
+    parser takes it (see _Parser._fast_messages), else None."""
+    m = _REQUEST_HEAD_RE.fullmatch(data, start, stop)
     if m is None:
         return None
-    version = _VERSIONS[m[version_group]]
+    version = _VERSIONS[m[3]]
     fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
     if fields is None:
         return None
-    return m, version, fields, stop
+    headers, lnames, length, keep_alive = fields
+    return RequestHead(_METHODS[m[1]], m[2], version, headers, keep_alive, False, length, lnames)
+
+
+def _plain_response(data: bytes, start: int, stop: int) -> ResponseHead | None:
+    """The final response head in `data[start:stop]` if the one-pass parser takes it:
+    framed by Content-Length, or a bodiless 204 or 304; else None."""
+    m = _RESPONSE_HEAD_RE.fullmatch(data, start, stop)
+    if m is None:
+        return None
+    version = _VERSIONS[m[1]]
+    fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
+    if fields is None:
+        return None
+    headers, lnames, length, keep_alive = fields
+    status = int(m[2])
+    if length is None and status not in (204, 304):
+        return None  # close-delimited
+    return ResponseHead(status, m[3], version, headers, keep_alive, False, length, lnames)
 
 
 class _HeadDone(Exception):
