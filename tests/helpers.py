@@ -163,6 +163,79 @@ def read_flow_log(path: Path, count: int, timeout: float = 5.0) -> list[dict[str
     return records
 
 
+class RawVendor:
+    """A destination that speaks bytes: it reads whole requests (head and Content-Length
+    body) on any number of connections, keeps them raw in `requests`, and answers the
+    n-th request overall (n from 1) with `answer(n)`: the pieces to send, each a separate
+    send, and whether to close the connection after them."""
+
+    def __init__(self, answer: Callable[[int], tuple[list[bytes], bool]]) -> None:
+        self.answer = answer
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.conns.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        # The client may hang up on a long answer, and close() shuts every connection.
+        with conn, contextlib.suppress(OSError):
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = content_length(head)
+                while len(buf) < length:
+                    buf += conn.recv(65536)
+                with self.lock:
+                    self.requests.append(head + b"\r\n\r\n" + buf[:length])
+                    pieces, close = self.answer(len(self.requests))
+                buf = buf[length:]
+                for i, piece in enumerate(pieces):
+                    if i:
+                        time.sleep(0.05)  # a separate read at the other end
+                    conn.sendall(piece)
+                if close:
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv()
+        for thread in self.threads:
+            thread.join(10)
+
+
+def content_length(head: bytes) -> int:
+    """The Content-Length of a message head (0 without one)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 # --- the stub vendor ------------------------------------------------------------------
 
 

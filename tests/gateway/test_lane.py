@@ -6,9 +6,7 @@ requests it is meant for."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +16,14 @@ from typing import Any
 import pytest
 
 from fixedip.gateway import http_proxy
-from tests.helpers import TOKENS, RunningGateway, basic, read_flow_log
+from tests.helpers import (
+    TOKENS,
+    RawVendor,
+    RunningGateway,
+    basic,
+    content_length,
+    read_flow_log,
+)
 
 MakeGateway = Callable[..., RunningGateway]
 AUTH = f"Proxy-Authorization: {basic('billing', TOKENS['billing'])}\r\n".encode()
@@ -30,80 +35,11 @@ def ok(body: bytes = b"ok\n", extra: bytes = b"") -> bytes:
 
 @dataclass
 class Answer:
-    """What the vendor sends for one request: `pieces`, each a separate send, then the
-    connection is closed when `close`."""
+    """What the vendor (a RawVendor) sends for one request: `pieces`, each a separate
+    send, then the connection is closed when `close`."""
 
     pieces: list[bytes]
     close: bool = False
-
-
-class Vendor:
-    """Reads whole requests (head and Content-Length body) on any number of connections
-    and answers the n-th request overall with the n-th scripted Answer."""
-
-    def __init__(self, answers: list[Answer]) -> None:
-        self.answers = answers
-        self.received: list[bytes] = []
-        self.lock = threading.Lock()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.threads: list[threading.Thread] = []
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(10)
-        with conn, contextlib.suppress(OSError):  # close() shut it
-            self._answer(conn)
-
-    def _answer(self, conn: socket.socket) -> None:
-        buf = b""
-        while True:
-            while b"\r\n\r\n" not in buf:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                buf += chunk
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            length = _content_length(head)
-            while len(buf) < length:
-                buf += conn.recv(65536)
-            request, buf = head + b"\r\n\r\n" + buf[:length], buf[length:]
-            with self.lock:
-                self.received.append(request)
-                answer = self.answers[len(self.received) - 1]
-            for piece in answer.pieces:
-                conn.sendall(piece)
-                time.sleep(0.05)  # a separate read at the gateway
-            if answer.close:
-                return
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv()
-        for thread in self.threads:
-            thread.join(10)
-
-
-def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    return 0
 
 
 def read_response(sock: socket.socket, buf: bytearray, method: bytes) -> bytes:
@@ -130,7 +66,7 @@ def read_response(sock: socket.socket, buf: bytearray, method: bytes) -> bytes:
         out += buf
         buf.clear()
     elif b"content-length:" in lower:
-        length = _content_length(head)
+        length = content_length(head)
         while len(buf) < length:
             buf += sock.recv(65536)
         out += buf[:length]
@@ -194,10 +130,10 @@ def run(
     """The scenario with the lane on or off: (responses, requests the vendor got, flow
     records without their times and ports, what the lane served)."""
     flows = tmp_path / f"flows-{lane}.jsonl"
-    placeholder = scenario(0)
-    vendor = Vendor(placeholder.answers)
+    answers: list[Answer] = []  # the scenario's, once the vendor's port is known
+    vendor = RawVendor(lambda n: (answers[n - 1].pieces, answers[n - 1].close))
     script = scenario(vendor.port)
-    vendor.answers = script.answers
+    answers += script.answers
     gw = make_gateway(log={"flow": str(flows)}, **script.config)
     responses: list[bytes] = []
     with pytest.MonkeyPatch.context() as patch:
@@ -217,7 +153,7 @@ def run(
     vendor.close()
     # Each run has its own vendor port: written as PORT, the runs compare.
     port = b":%d" % vendor.port
-    received = [r.replace(port, b":PORT") for r in vendor.received]
+    received = [r.replace(port, b":PORT") for r in vendor.requests]
     records = read_flow_log(flows, len(responses))
     for record in records:
         for volatile in ("time", "duration_ms", "peer"):

@@ -4,7 +4,6 @@ close idle connections, or serve HTTPS; real sockets on loopback."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 import threading
@@ -15,61 +14,17 @@ import pytest
 import trustme
 
 from fixedip.ingress.client import DeliveryClient, DeliveryError, Target
-
-
-class RawTarget:
-    """Accepts connections and answers each request with `answer(n)` (n counts requests
-    on all connections); records the raw requests it read."""
-
-    def __init__(self, answer: Callable[[int], bytes], close_after: bool = False) -> None:
-        self.answer = answer
-        self.close_after = close_after
-        self.requests: list[bytes] = []
-        self.connections = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:  # a client may hang up on a long answer
-            buffer = b""
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buffer += data
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                while len(buffer) < length:
-                    buffer += conn.recv(65536)
-                self.requests.append(head + b"\r\n\r\n" + buffer[:length])
-                buffer = buffer[length:]
-                conn.sendall(self.answer(len(self.requests)))
-                if self.close_after:
-                    return
-
-    def close(self) -> None:
-        self.sock.close()
+from tests.helpers import RawVendor
 
 
 @pytest.fixture
-def raw() -> Iterator[Callable[..., RawTarget]]:
-    made: list[RawTarget] = []
+def raw() -> Iterator[Callable[..., RawVendor]]:
+    """A target answering the n-th request with `answer(n)`, closing after each answer
+    when `close_after`."""
+    made: list[RawVendor] = []
 
-    def make(answer: Callable[[int], bytes], close_after: bool = False) -> RawTarget:
-        target = RawTarget(answer, close_after)
+    def make(answer: Callable[[int], bytes], close_after: bool = False) -> RawVendor:
+        target = RawVendor(lambda n: ([answer(n)], close_after))
         made.append(target)
         return target
 
@@ -99,7 +54,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 def test_request_is_framed_with_host_length_and_headers_in_order(
-    raw: Callable[..., RawTarget],
+    raw: Callable[..., RawVendor],
 ) -> None:
     target = raw(lambda n: OK)
     status, _ = send(
@@ -117,7 +72,7 @@ def test_request_is_framed_with_host_length_and_headers_in_order(
     assert request.endswith(b"Content-Length: 5\r\n\r\nhello")
 
 
-def test_keep_alive_connections_are_reused(raw: Callable[..., RawTarget]) -> None:
+def test_keep_alive_connections_are_reused(raw: Callable[..., RawVendor]) -> None:
     target = raw(lambda n: OK)
 
     async def three() -> list[int]:
@@ -134,7 +89,7 @@ def test_keep_alive_connections_are_reused(raw: Callable[..., RawTarget]) -> Non
 
 
 def test_a_pooled_connection_the_target_closed_is_replaced(
-    raw: Callable[..., RawTarget],
+    raw: Callable[..., RawVendor],
 ) -> None:
     target = raw(lambda n: OK, close_after=True)
 
@@ -162,26 +117,26 @@ def test_a_pooled_connection_the_target_closed_is_replaced(
     ids=["chunked", "close-delimited", "http-1.0"],
 )
 def test_status_and_retry_after_in_every_framing(
-    raw: Callable[..., RawTarget], answer: bytes
+    raw: Callable[..., RawVendor], answer: bytes
 ) -> None:
     target = raw(lambda n: answer, close_after=b"chunked" not in answer)
     assert send(DeliveryClient(), f"http://127.0.0.1:{target.port}/") == (503, "7")
 
 
-def test_a_large_answer_body_is_not_read_to_the_end(raw: Callable[..., RawTarget]) -> None:
+def test_a_large_answer_body_is_not_read_to_the_end(raw: Callable[..., RawVendor]) -> None:
     big = b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 200_000
     target = raw(lambda n: big)
     assert send(DeliveryClient(), f"http://127.0.0.1:{target.port}/")[0] == 200
 
 
-def test_garbage_from_the_target_is_a_delivery_error(raw: Callable[..., RawTarget]) -> None:
+def test_garbage_from_the_target_is_a_delivery_error(raw: Callable[..., RawVendor]) -> None:
     target = raw(lambda n: b"SMTP ready\r\n\r\n", close_after=True)
     with pytest.raises(DeliveryError, match="unreadable answer"):
         send(DeliveryClient(), f"http://127.0.0.1:{target.port}/")
 
 
 def test_a_header_with_a_line_break_is_refused_before_sending(
-    raw: Callable[..., RawTarget],
+    raw: Callable[..., RawVendor],
 ) -> None:
     target = raw(lambda n: OK)
     with pytest.raises(DeliveryError, match="line break"):
