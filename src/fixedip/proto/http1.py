@@ -738,32 +738,37 @@ def whole_response(data: bytes, max_head: int) -> tuple[ResponseHead, int] | Non
 def _plain_request(data: bytes, start: int, stop: int) -> RequestHead | None:
     """The request head in `data[start:stop]` (CRLF CRLF included) if the one-pass
     parser takes it (see _Parser._fast_messages), else None."""
-    m = _REQUEST_HEAD_RE.fullmatch(data, start, stop)
-    if m is None:
+    found = _plain_fields(data, start, stop, _REQUEST_HEAD_RE, 3)
+    if found is None:
         return None
-    version = _VERSIONS[m[3]]
-    fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
-    if fields is None:
-        return None
-    headers, lnames, length, keep_alive = fields
+    m, version, (headers, lnames, length, keep_alive) = found
     return RequestHead(_METHODS[m[1]], m[2], version, headers, keep_alive, False, length, lnames)
 
 
 def _plain_response(data: bytes, start: int, stop: int) -> ResponseHead | None:
     """The final response head in `data[start:stop]` if the one-pass parser takes it:
     framed by Content-Length, or a bodiless 204 or 304; else None."""
-    m = _RESPONSE_HEAD_RE.fullmatch(data, start, stop)
-    if m is None:
+    found = _plain_fields(data, start, stop, _RESPONSE_HEAD_RE, 1)
+    if found is None:
         return None
-    version = _VERSIONS[m[1]]
-    fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
-    if fields is None:
-        return None
-    headers, lnames, length, keep_alive = fields
+    m, version, (headers, lnames, length, keep_alive) = found
     status = int(m[2])
     if length is None and status not in (204, 304):
         return None  # close-delimited
     return ResponseHead(status, m[3], version, headers, keep_alive, False, length, lnames)
+
+
+def _plain_fields(
+    data: bytes, start: int, stop: int, pattern: re.Pattern[bytes], version_group: int
+) -> tuple[re.Match[bytes], str, _Fields] | None:
+    """The head in `data[start:stop]` matched by `pattern` and split by _fast_fields:
+    the match, the HTTP version and the fields; None where llhttp must judge."""
+    m = pattern.fullmatch(data, start, stop)
+    if m is None:
+        return None
+    version = _VERSIONS[m[version_group]]
+    fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
+    return None if fields is None else (m, version, fields)
 
 
 class _HeadDone(Exception):
