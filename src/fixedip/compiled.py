@@ -27,6 +27,8 @@ HOT_MODULES = (
     "fixedip.observe.flowlog",
     "fixedip.observe.metrics",
     "fixedip.ingress.observe",
+    "fixedip.policy.auth",
+    "fixedip.identity.pool",
 )
 SRC = Path(__file__).resolve().parent.parent
 STAMP = SRC / "fixedip" / ".compiled"  # written by scripts/compile after a build

@@ -171,6 +171,45 @@ def test_silent_new_connection_is_closed(make_gateway) -> None:
         assert closed_by_peer(s, timeout=3)
 
 
+def test_connections_waiting_at_once_share_deadline_ticks_and_all_time_out(
+    make_gateway,
+) -> None:
+    """Deadlines are bucketed (session.Deadlines): forty silent connections wait in one
+    or two ticks, not forty timers, and each is still cut at its header timeout."""
+    gw = make_gateway(timeouts={"header_s": 0.5})
+    socks = [socket.create_connection(gw.http, timeout=5) for _ in range(40)]
+    try:
+        deadline = time.monotonic() + 3
+        waiting: list[int] = []
+        while time.monotonic() < deadline:
+            waiting = gw.call(lambda: [len(d) for d in gw.gateway.deadlines.ticks.values()])
+            if sum(waiting) == 40:
+                break
+            time.sleep(0.01)
+        assert sum(waiting) == 40
+        assert len([n for n in waiting if n]) <= 3
+        assert all(closed_by_peer(s, timeout=3) for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+    assert gw.call(lambda: sum(len(d) for d in gw.gateway.deadlines.ticks.values())) == 0
+
+
+def test_a_closed_connection_leaves_its_deadline_tick(make_gateway) -> None:
+    """A client that goes away long before its timeout is not held until the tick."""
+    gw = make_gateway(timeouts={"header_s": 60})
+    for _ in range(10):
+        with socket.create_connection(gw.http, timeout=5):
+            pass
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if gw.call(lambda: len(gw.gateway.sessions)) == 0:
+            break
+        time.sleep(0.02)
+    assert gw.call(lambda: len(gw.gateway.sessions)) == 0
+    assert gw.call(lambda: sum(len(d) for d in gw.gateway.deadlines.ticks.values())) == 0
+
+
 def test_idle_tunnel_is_closed(make_gateway, echo) -> None:
     gw = make_gateway(
         timeouts={"tunnel_idle_s": 0.3}, clients=[client("billing", ["127.0.0.1:*"], [echo.port])]

@@ -59,14 +59,30 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Dialed:
     upstream: Upstream
     address_text: str  # the destination address the upstream connection went to
     egress: EgressState
     reused: bool
     rule: str | None
-    permit: Permit | None = None  # held until the exchange or tunnel ends
+    permit: Permit | None  # held until the exchange or tunnel ends
+
+    def __init__(  # written out to be compiled (see http1.RequestHead)
+        self,
+        upstream: Upstream,
+        address_text: str,
+        egress: EgressState,
+        reused: bool,
+        rule: str | None,
+        permit: Permit | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.address_text = address_text
+        self.egress = egress
+        self.reused = reused
+        self.rule = rule
+        self.permit = permit
 
 
 def _family(address: IPAddress) -> int:
@@ -201,14 +217,24 @@ ROUTE_CACHE_MAX = 4096
 DEFAULT_BLOCK_STATUSES: frozenset[int] = frozenset({403, 429})
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Attempt:
     """What `dial_now` settled before it had to wait: the route, and the egress whose
     round-robin turn it already took (so the slow path does not take another)."""
 
-    route: Route | None = None
-    egress: EgressState | None = None
-    permit: Permit | None = None  # already taken for `egress`: dial() uses it, not another
+    route: Route | None
+    egress: EgressState | None
+    permit: Permit | None  # already taken for `egress`: dial() uses it, not another
+
+    def __init__(
+        self,
+        route: Route | None = None,
+        egress: EgressState | None = None,
+        permit: Permit | None = None,
+    ) -> None:
+        self.route = route
+        self.egress = egress
+        self.permit = permit
 
 
 class Router:

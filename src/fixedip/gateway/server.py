@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 import ipaddress
 import logging
 import math
@@ -24,7 +26,7 @@ from fixedip.gateway.demo import start_echo
 from fixedip.gateway.dns import Resolver
 from fixedip.gateway.http_proxy import HttpProxySession
 from fixedip.gateway.runtime import IPAddress, Runtime
-from fixedip.gateway.session import ClientSession
+from fixedip.gateway.session import ClientSession, Connections, Deadlines
 from fixedip.gateway.socks import SocksSession
 from fixedip.gateway.tls import TlsFileError, TlsListener, TlsServer
 from fixedip.gateway.upstream import UpstreamPool
@@ -75,8 +77,8 @@ class Gateway:
             self.fleet.register_metrics(self.metrics.registry)
         self.flowlog = FlowLog(config.log.flow)
         self.checks = self._checks(config)
-        self.sessions: set[ClientSession] = set()
-        self.client_connections: dict[str, int] = {}
+        self.connections = Connections(self.metrics)
+        self.deadlines = Deadlines(self.loop)
         self.draining = False
         self.servers: dict[str, asyncio.Server | TlsServer] = {}
         self.admin: AdminServer | None = None
@@ -85,7 +87,6 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self._canary_tasks: set[asyncio.Task[None]] = set()
-        self._all_closed = asyncio.Event()
         self._dropped_reported = 0
 
     def _health(self, config: Config) -> Health:
@@ -246,20 +247,20 @@ class Gateway:
                     "HTTP proxy",
                     config.listen.http.host,
                     config.listen.http.port,
-                    lambda: HttpProxySession(self),
+                    functools.partial(HttpProxySession, self),  # C, not a Python frame
                 )
             if config.listen.socks is not None:
                 self.servers["socks"] = await self._listen(
                     "SOCKS5 proxy",
                     config.listen.socks.host,
                     config.listen.socks.port,
-                    lambda: SocksSession(self),
+                    functools.partial(SocksSession, self),
                 )
             if self.tls is not None and config.listen.https is not None:
                 self.servers["https"] = self.tls.listen(
                     str(config.listen.https.host),
                     config.listen.https.port,
-                    lambda: HttpProxySession(self),  # the same session, behind TLS
+                    functools.partial(HttpProxySession, self),  # the same session, behind TLS
                     reuse_port=self.workers > 1,
                 )
             if config.listen.admin is not None and self.worker == 0:
@@ -340,7 +341,7 @@ class Gateway:
 
     async def drain(self, grace_s: float) -> None:
         """Stop accepting, let in-flight work finish for `grace_s`, then cut the rest."""
-        self.draining = True
+        self.draining = self.connections.watch = True
         for server in self.servers.values():
             server.close()
         for session in list(self.sessions):
@@ -348,7 +349,7 @@ class Gateway:
                 session.close()
         if self.sessions:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), grace_s)
+                await asyncio.wait_for(self.connections.empty.wait(), grace_s)
         await self.close()  # cuts the rest
 
     async def close(self) -> None:
@@ -359,11 +360,11 @@ class Gateway:
             # and nothing a splicer holds, outlives the gateway. abort() reports
             # connection_lost on a later loop iteration: wait for it, so the flow records
             # of the sessions cut here are written before the log closes.
-            self.draining = True
+            self.draining = self.connections.watch = True
             for session in list(self.sessions):
                 session.abort()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), 1.0)
+                await asyncio.wait_for(self.connections.empty.wait(), 1.0)
         if self.fleet is not None:
             await self.fleet.stop()  # hands floating EIPs to a peer first
         current = asyncio.current_task()
@@ -459,34 +460,13 @@ class Gateway:
             self._tasks.append(self.loop.create_task(self.drain(grace)))
 
     # what sessions call ------------------------------------------------------------
-    def session_opened(self, session: ClientSession) -> None:
-        self.sessions.add(session)
-        self.metrics.connection_opened(session.listener)
+    @property
+    def sessions(self) -> set[ClientSession]:
+        return self.connections.sessions
 
-    def session_closed(self, session: ClientSession) -> None:
-        if session in self.sessions:
-            self.sessions.discard(session)
-            self.metrics.connection_closed(session.listener)
-            if self.draining and not self.sessions:
-                self._all_closed.set()
-
-    def claim_client(self, name: str) -> bool:
-        """Count one more connection for client `name`; False if it is at its cap."""
-        held = self.client_connections.get(name, 0)
-        if held >= self.runtime.config.limits.max_connections_per_client:
-            return False
-        self.client_connections[name] = held + 1
-        return True
-
-    def release_client(self, name: str) -> None:
-        held = self.client_connections.get(name, 0) - 1
-        if held > 0:
-            self.client_connections[name] = held
-        else:
-            self.client_connections.pop(name, None)
-
-    def over_capacity(self) -> bool:
-        return len(self.sessions) > self.runtime.config.limits.max_connections
+    @property
+    def client_connections(self) -> dict[str, int]:
+        return self.connections.per_client
 
     def record(self, record: FlowRecord) -> None:
         self.flowlog.write(record)
@@ -598,6 +578,10 @@ async def run(
         await gateway.close()
         raise
     gateway.install_signal_handlers()
+    # What start-up made (modules, the configuration, the policy's tables) lives as long
+    # as the process: frozen out of the collector's way, its full passes stay short.
+    gc.collect()
+    gc.freeze()
     if on_ready is not None:
         on_ready(gateway)
     await gateway.wait_stopped()

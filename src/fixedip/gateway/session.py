@@ -23,6 +23,7 @@ from fixedip.policy.decision import Reason
 
 if TYPE_CHECKING:
     from fixedip.gateway.server import Gateway
+    from fixedip.observe.metrics import Metrics
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -33,6 +34,82 @@ MAX_EARLY_BYTES = 256 * 1024
 _NO_PEER = ipaddress.IPv4Address(0)
 _PEERS: dict[str, IPAddress] = {}  # a client's address text → its address, bounded
 _PEERS_MAX = 4096
+
+
+# Connection deadlines are grouped in ticks of this length, with one event-loop timer
+# per tick that holds any: a deadline fires up to one tick late, and a connection costs
+# a set insertion instead of a timer of its own (making and cancelling one is most of
+# what a connection per request spends on timeouts).
+DEADLINE_TICK_S = 0.05
+
+
+class Deadlines:
+    """Every connection's next deadline, bucketed by tick."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ticks: dict[int, set[ClientSession]] = {}
+
+    def add(self, session: ClientSession, when: float) -> int:
+        """Put `session` in the first tick at or after `when`; returns that tick."""
+        tick = math.ceil(when / DEADLINE_TICK_S)
+        due = self.ticks.get(tick)
+        if due is None:
+            due = self.ticks[tick] = set()
+            self.loop.call_at(tick * DEADLINE_TICK_S, self._fire, tick)
+        due.add(session)
+        return tick
+
+    def discard(self, session: ClientSession, tick: int) -> None:
+        due = self.ticks.get(tick)
+        if due is not None:
+            due.discard(session)
+
+    def _fire(self, tick: int) -> None:
+        for session in self.ticks.pop(tick, ()):
+            session.deadline_due()
+
+
+class Connections:
+    """The open client connections: the set a drain walks, the count per client that
+    `limits.max_connections_per_client` caps, and the connection gauges. Compiled with
+    the sessions, because every connection passes through here when it opens and
+    closes."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.sessions: set[ClientSession] = set()
+        self.per_client: dict[str, int] = {}
+        self.empty = asyncio.Event()  # set when the last one closes while `watch` is on
+        self.watch = False  # a drain or shutdown is waiting for `empty`
+
+    def opened(self, session: ClientSession, cap: int) -> bool:
+        """Count a new connection; False when it is over `cap` (limits.max_connections)."""
+        self.sessions.add(session)
+        self.metrics.connection_opened(session.listener)
+        return len(self.sessions) <= cap
+
+    def closed(self, session: ClientSession) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.metrics.connection_closed(session.listener)
+            if self.watch and not self.sessions:
+                self.empty.set()
+
+    def claim(self, name: str, cap: int) -> bool:
+        """Count one more connection for client `name`; False if it is at `cap`."""
+        held = self.per_client.get(name, 0)
+        if held >= cap:
+            return False
+        self.per_client[name] = held + 1
+        return True
+
+    def release(self, name: str) -> None:
+        held = self.per_client.get(name, 0) - 1
+        if held > 0:
+            self.per_client[name] = held
+        else:
+            self.per_client.pop(name, None)
 
 
 def peer_address(text: str) -> IPAddress:
@@ -62,8 +139,8 @@ class ClientSession(asyncio.Protocol):
         self.tunnel = False
         self._pauses: set[str] = set()
         self._deadline = math.inf
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf  # when _timer fires
+        self._tick = -1  # the Deadlines tick this connection waits in, or -1
+        self._tick_at = math.inf  # when that tick fires
         self._timeout_reason = ""
         self._client_eof = False
         self._upstream_eof = False
@@ -79,8 +156,7 @@ class ClientSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
         self.peer_ip = peer_address(str(peer[0]))
         self.peer = f"{peer[0]}:{peer[1]}"
-        self.gw.session_opened(self)
-        if self.gw.over_capacity():
+        if not self.gw.connections.opened(self, self.gw.runtime.config.limits.max_connections):
             self.refuse_capacity()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -91,19 +167,21 @@ class ClientSession(asyncio.Protocol):
         if up is not None:
             up.abort() if not self.tunnel else up.close()
         self.finish_record()
+        connections = self.gw.connections
         if self.claimed is not None:
-            self.gw.release_client(self.claimed)
+            connections.release(self.claimed)
             self.claimed = None
-        self.gw.session_closed(self)
+        connections.closed(self)
 
     def claim(self, client: str) -> bool:
         """Count this connection against `client`'s cap (once, however many requests)."""
         if self.claimed == client:
             return True
-        if not self.gw.claim_client(client):
+        connections = self.gw.connections
+        if not connections.claim(client, self.gw.runtime.config.limits.max_connections_per_client):
             return False
         if self.claimed is not None:
-            self.gw.release_client(self.claimed)
+            connections.release(self.claimed)
         self.claimed = client
         return True
 
@@ -166,34 +244,37 @@ class ClientSession(asyncio.Protocol):
 
     # timeouts ----------------------------------------------------------------------
     def arm(self, seconds: float, reason: str) -> None:
-        """(Re)set the one deadline this connection has; `on_timeout(reason)` fires at it."""
+        """(Re)set the one deadline this connection has; `on_timeout(reason)` fires at it
+        (up to DEADLINE_TICK_S later)."""
         self._deadline = deadline = self.loop.time() + seconds
         self._timeout_reason = reason
-        if self._timer is not None:
-            if self._timer_at <= deadline:
-                return  # it fires first and re-arms itself for the rest
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self.loop.call_at(deadline, self._check_deadline)
+        if self._tick >= 0:
+            if self._tick_at <= deadline:
+                return  # its tick comes first and re-arms it for the rest
+            self.gw.deadlines.discard(self, self._tick)
+        self._wait_for(deadline)
 
     def touch(self, seconds: float) -> None:
         """Push the deadline out on activity; cheap enough for every chunk."""
         self._deadline = self.loop.time() + seconds
 
+    def _wait_for(self, deadline: float) -> None:
+        self._tick = tick = self.gw.deadlines.add(self, deadline)
+        self._tick_at = tick * DEADLINE_TICK_S
+
     def _disarm(self) -> None:
         self._deadline = math.inf
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._tick >= 0:
+            self.gw.deadlines.discard(self, self._tick)
+            self._tick = -1
 
-    def _check_deadline(self) -> None:
-        self._timer = None
+    def deadline_due(self) -> None:
+        """Its tick came: time out, or wait again if activity pushed the deadline out."""
+        self._tick = -1
         if self.closed or self._deadline == math.inf:
             return
-        now = self.loop.time()
-        if now + 0.001 < self._deadline:
-            self._timer_at = self._deadline
-            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+        if self.loop.time() + 0.001 < self._deadline:
+            self._wait_for(self._deadline)
             return
         self.on_timeout(self._timeout_reason)
 

@@ -271,16 +271,11 @@ def _attempt_record(
     target = urlsplit(config.target)
     return WebhookRecord(
         start=started,
-        listener="ingress",
         kind="delivery",
         peer=record.source,
-        client=None,
         method=record.method,
         host=target.hostname,
         port=target.port or (443 if target.scheme == "https" else 80),
-        resolved=None,
-        egress=None,
-        egress_public=None,
         status=outcome.status,
         bytes_up=len(record.body),
         duration_s=time.time() - started,

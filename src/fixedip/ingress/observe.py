@@ -26,7 +26,7 @@ RETRY = "retry"
 DEAD = "dead"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class WebhookRecord(FlowRecord):
     """A receipt (`kind="webhook"`) or a delivery attempt (`kind="delivery"`)."""
 
@@ -34,6 +34,48 @@ class WebhookRecord(FlowRecord):
     route: str | None = None
     attempt: int | None = None
     error: str | None = None
+
+    def __init__(
+        self,
+        *,
+        start: float,
+        kind: str,
+        peer: str,
+        method: str | None,
+        status: int | None,
+        reason: str,
+        bytes_up: int,
+        duration_s: float,
+        route: str,
+        host: str | None = None,
+        port: int | None = None,
+        delivery_id: str | None = None,
+        attempt: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        # Written out because FlowRecord's is: a compiled subclass cannot combine a
+        # generated __init__ with a written one.
+        super().__init__(
+            start,
+            "ingress",
+            kind,
+            peer,
+            None,
+            method,
+            host,
+            port,
+            None,
+            None,
+            None,
+            status,
+            bytes_up=bytes_up,
+            duration_s=duration_s,
+            reason=reason,
+        )
+        self.delivery_id = delivery_id
+        self.route = route
+        self.attempt = attempt
+        self.error = error
 
     @property
     def decision(self) -> str:
@@ -58,16 +100,9 @@ def receipt_record(
 ) -> WebhookRecord:
     return WebhookRecord(
         start=start,
-        listener="ingress",
         kind="webhook",
         peer=peer,
-        client=None,
         method=method,
-        host=None,
-        port=None,
-        resolved=None,
-        egress=None,
-        egress_public=None,
         status=status,
         bytes_up=size,
         duration_s=time.time() - start,

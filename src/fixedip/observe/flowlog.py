@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from fixedip.bounded import remember
 from fixedip.policy.decision import Reason
@@ -32,9 +32,15 @@ FLOW_FILE_MODE = 0o640
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
-@dataclass(slots=True)
+_ALLOWED: Final = Reason.ALLOWED.value
+
+
+@dataclass(slots=True, init=False)
 class FlowRecord:
-    """What happened on one request or tunnel, as the flow log and metrics see it."""
+    """What happened on one request or tunnel, as the flow log and metrics see it.
+
+    One is made per request: its __init__ is written out so that it is compiled (the
+    one @dataclass would generate runs as interpreted Python)."""
 
     start: float
     listener: str
@@ -51,8 +57,46 @@ class FlowRecord:
     bytes_up: int = 0
     bytes_down: int = 0
     duration_s: float = 0.0
-    reason: str = Reason.ALLOWED.value
+    reason: str = _ALLOWED
     rule: str | None = None
+
+    def __init__(
+        self,
+        start: float,
+        listener: str,
+        kind: str,
+        peer: str,
+        client: str | None,
+        method: str | None,
+        host: str | None,
+        port: int | None,
+        resolved: str | None,
+        egress: str | None,
+        egress_public: str | None,
+        status: int | None,
+        bytes_up: int = 0,
+        bytes_down: int = 0,
+        duration_s: float = 0.0,
+        reason: str = _ALLOWED,
+        rule: str | None = None,
+    ) -> None:
+        self.start = start
+        self.listener = listener
+        self.kind = kind
+        self.peer = peer
+        self.client = client
+        self.method = method
+        self.host = host
+        self.port = port
+        self.resolved = resolved
+        self.egress = egress
+        self.egress_public = egress_public
+        self.status = status
+        self.bytes_up = bytes_up
+        self.bytes_down = bytes_down
+        self.duration_s = duration_s
+        self.reason = reason
+        self.rule = rule
 
     @property
     def decision(self) -> str:

@@ -97,7 +97,12 @@ class ProtocolError(Exception):
         self.message = message
 
 
-@dataclass(slots=True)
+# The hot events and records write their own __init__ (init=False): a compiled module
+# compiles what its class body says, while the one @dataclass generates runs as
+# interpreted Python, which costs about a microsecond per object.
+
+
+@dataclass(slots=True, init=False)
 class RequestHead:
     method: str
     target: bytes
@@ -107,7 +112,27 @@ class RequestHead:
     chunked: bool
     content_length: int | None
     # Lowercase header names, parallel to `headers`: lowered once, looked up many times.
-    lnames: list[bytes] = field(default_factory=list, compare=False, repr=False)
+    lnames: list[bytes] = field(compare=False, repr=False)
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        chunked: bool,
+        content_length: int | None,
+        lnames: list[bytes] | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.content_length = content_length
+        self.lnames = [] if lnames is None else lnames
 
     def get(self, name: bytes) -> bytes | None:
         return _first_value(self.headers, self.lnames, name)
@@ -117,7 +142,7 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ResponseHead:
     status: int
     reason: bytes
@@ -126,7 +151,27 @@ class ResponseHead:
     keep_alive: bool
     chunked: bool
     content_length: int | None
-    lnames: list[bytes] = field(default_factory=list, compare=False, repr=False)
+    lnames: list[bytes] = field(compare=False, repr=False)
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        chunked: bool,
+        content_length: int | None,
+        lnames: list[bytes] | None = None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.content_length = content_length
+        self.lnames = [] if lnames is None else lnames
 
     def get(self, name: bytes) -> bytes | None:
         return _first_value(self.headers, self.lnames, name)
@@ -143,9 +188,12 @@ def _first_value(
         return None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Body:
     data: bytes
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 @dataclass(slots=True)
@@ -165,14 +213,22 @@ Event = RequestHead | ResponseHead | Body | EndOfMessage | Upgrade
 END: Final = EndOfMessage()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _HeadState:
-    url: bytearray = field(default_factory=bytearray)
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    lnames: list[bytes] = field(default_factory=list)
-    size: int = 0
-    raw: int = 0  # bytes of pieces fed while this head was in progress
-    reason: bytes = b""
+    url: bytearray
+    headers: list[tuple[bytes, bytes]]
+    lnames: list[bytes]
+    size: int
+    raw: int  # bytes of pieces fed while this head was in progress
+    reason: bytes
+
+    def __init__(self) -> None:
+        self.url = bytearray()
+        self.headers = []
+        self.lnames = []
+        self.size = 0
+        self.raw = 0
+        self.reason = b""
 
 
 _FRAMING_NAMES: Final = frozenset({b"transfer-encoding", b"content-length"}) | _FRAMING_LOOKALIKES
