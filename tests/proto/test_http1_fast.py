@@ -12,6 +12,7 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fixedip.proto import http1
 from fixedip.proto.http1 import (
     DEFAULT_MAX_HEAD_BYTES,
     END,
@@ -405,3 +406,37 @@ def test_a_lone_crlf_after_every_request_never_adds_up_to_a_long_head() -> None:
     for _ in range(200):
         assert len(parser.feed(request)) == 2  # the head and its end
         assert parser.feed(b"\r\n") == []
+
+
+def test_field_lines_are_memoised_by_name_and_never_a_credential() -> None:
+    """Repeated lines (Host, User-Agent) are looked up, not parsed again; a line whose
+    name may carry a secret is parsed every time and kept nowhere."""
+    secrets = [b"c2VjcmV0LXRva2Vu", b"Bearer sk-vendor-key", b"session=abc123", b"k-4242"]
+    head = (
+        b"GET http://vendor.test/ HTTP/1.1\r\nHost: vendor.test\r\nUser-Agent: fn/1.0\r\n"
+        b"Proxy-Authorization: Basic " + secrets[0] + b"\r\n"
+        b"Authorization: " + secrets[1] + b"\r\nCookie: " + secrets[2] + b"\r\n"
+        b"X-Api-Key: " + secrets[3] + b"\r\n\r\n"
+    )
+    first = whole_request(head, DEFAULT_MAX_HEAD_BYTES)
+    again = whole_request(head, DEFAULT_MAX_HEAD_BYTES)
+    assert first is not None and again is not None
+    assert first[0].headers == again[0].headers
+    assert first[0].get(b"x-api-key") == secrets[3]
+    kept = b"\n".join(http1._LINES)
+    assert b"Host: vendor.test" in http1._LINES and b"User-Agent: fn/1.0" in http1._LINES
+    assert not any(secret in kept for secret in secrets)
+    # the memoised parse is the parse: the same field objects come back
+    assert first[0].headers[0] is again[0].headers[0]
+
+
+def test_the_field_line_memo_is_bounded() -> None:
+    for i in range(http1._LINES_MAX + 50):
+        response = (
+            b"HTTP/1.1 200 OK\r\nDate: Tue, 24 Nov 2026 01:%02d:%02d GMT\r\n" % divmod(i, 60)
+            + b"Content-Length: %d\r\n\r\n" % i
+            + b"x" * i
+        )
+        taken = whole_response(response, DEFAULT_MAX_HEAD_BYTES)
+        assert taken is not None and taken[0].content_length == i
+        assert len(http1._LINES) <= http1._LINES_MAX

@@ -18,7 +18,7 @@ import re
 import socket
 import sys
 from dataclasses import dataclass, field
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
 import httptools
 
@@ -63,14 +63,46 @@ _NUMERIC_ISH = re.compile(r"^[0-9a-fx.]+$")
 # llhttp, which decides.
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _VALUE = rb"(?:[\x21-\x7e\x80-\xff][\t \x21-\x7e\x80-\xff]*)?"  # trailing OWS is kept
-_FIELDS = rb"((?:" + _TOKEN + rb":[ \t]*" + _VALUE + rb"\r\n)*)\r\n"
-_FIELD_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")\r\n")
-_REQUEST_HEAD_RE = re.compile(
+_FIELD_LINE_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")")
+_REQUEST_LINE_RE = re.compile(
     rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) ((?:http://[0-9A-Za-z.:\[\]-]+)?/[\x21-\x7e]*)"
-    rb" HTTP/1\.([01])\r\n" + _FIELDS
+    rb" HTTP/1\.([01])"
 )
-_RESPONSE_HEAD_RE = re.compile(
-    rb"HTTP/1\.([01]) ([2-9][0-9][0-9]) (" + _VALUE + rb")\r\n" + _FIELDS
+_STATUS_LINE_RE = re.compile(rb"HTTP/1\.([01]) ([2-9][0-9][0-9]) (" + _VALUE + rb")")
+# Field lines repeat from message to message (Host, User-Agent, Server, Content-Type):
+# a line seen before is looked up, not matched, lowered and split again. Only these
+# names are kept, so no credential (Authorization, Cookie, an API key in a header of
+# the vendor's own) outlives its message; the table is bounded like every memo here.
+# The field is typed Any so that compiled code hands back the stored tuple object: a
+# typed tuple[bytes, bytes] would be unboxed and built anew on every hit.
+_LINES: dict[bytes, tuple[Any, bytes]] = {}
+_LINES_MAX = 2048
+_MEMO_NAMES: Final = frozenset(
+    {
+        b"accept",
+        b"accept-encoding",
+        b"accept-language",
+        b"accept-ranges",
+        b"age",
+        b"cache-control",
+        b"connection",
+        b"content-encoding",
+        b"content-length",
+        b"content-type",
+        b"date",
+        b"etag",
+        b"expires",
+        b"host",
+        b"keep-alive",
+        b"last-modified",
+        b"pragma",
+        b"server",
+        b"strict-transport-security",
+        b"user-agent",
+        b"vary",
+        b"x-content-type-options",
+        b"x-frame-options",
+    }
 )
 _CONNECTION_TOKEN = re.compile(rb"[a-z0-9-]+")
 _METHODS: Final = {
@@ -265,15 +297,39 @@ def _framing(
 _Fields = tuple[list[tuple[bytes, bytes]], list[bytes], int | None, bool]
 
 
-def _fast_fields(data: bytes, start: int, stop: int, http11: bool) -> _Fields | None:
-    """(headers, lowercase names, Content-Length, keep-alive) of the header block in
-    `data[start:stop]`, already validated by the head's regular expression; None for a
-    head llhttp must judge: chunked or look-alike framing, Upgrade, two Host fields,
-    an odd Connection value, too many fields, a bad Content-Length."""
-    headers: list[tuple[bytes, bytes]] = _FIELD_RE.findall(data, start, stop)
-    if len(headers) > MAX_HEADERS:
-        return None
-    lnames = [name.lower() for name, _ in headers]
+def _field_lines(data: bytes, start: int, stop: int, http11: bool) -> _Fields | None:
+    """The field lines in `data[start:stop]` (each ending in CRLF) as headers and their
+    lowercase names, then judged by _fast_fields; None for a line the one-pass parser
+    leaves to llhttp."""
+    headers: list[tuple[bytes, bytes]] = []
+    lnames: list[bytes] = []
+    if stop > start:
+        lines = data[start : stop - 2].split(b"\r\n")
+        if len(lines) > MAX_HEADERS:
+            return None
+        for line in lines:
+            seen = _LINES.get(line)
+            if seen is None:
+                m = _FIELD_LINE_RE.fullmatch(line)
+                if m is None:
+                    return None
+                field: Any = (m[1], m[2])
+                lname = m[1].lower()
+                if lname in _MEMO_NAMES:
+                    remember(_LINES, line, (field, lname), _LINES_MAX)
+            else:
+                field, lname = seen
+            headers.append(field)
+            lnames.append(lname)
+    return _fast_fields(headers, lnames, http11)
+
+
+def _fast_fields(
+    headers: list[tuple[bytes, bytes]], lnames: list[bytes], http11: bool
+) -> _Fields | None:
+    """(headers, lowercase names, Content-Length, keep-alive) of a head's fields, each
+    already a valid line; None for a head llhttp must judge: chunked or look-alike
+    framing, Upgrade, two Host fields, an odd Connection value, a bad Content-Length."""
     if not _NOT_FAST.isdisjoint(lnames) or lnames.count(b"host") > 1:
         return None
     length = None
@@ -794,7 +850,7 @@ def whole_response(data: bytes, max_head: int) -> tuple[ResponseHead, int] | Non
 def _plain_request(data: bytes, start: int, stop: int) -> RequestHead | None:
     """The request head in `data[start:stop]` (CRLF CRLF included) if the one-pass
     parser takes it (see _Parser._fast_messages), else None."""
-    found = _plain_fields(data, start, stop, _REQUEST_HEAD_RE, 3)
+    found = _plain_fields(data, start, stop, _REQUEST_LINE_RE, 3)
     if found is None:
         return None
     m, version, (headers, lnames, length, keep_alive) = found
@@ -804,7 +860,7 @@ def _plain_request(data: bytes, start: int, stop: int) -> RequestHead | None:
 def _plain_response(data: bytes, start: int, stop: int) -> ResponseHead | None:
     """The final response head in `data[start:stop]` if the one-pass parser takes it:
     framed by Content-Length, or a bodiless 204 or 304; else None."""
-    found = _plain_fields(data, start, stop, _RESPONSE_HEAD_RE, 1)
+    found = _plain_fields(data, start, stop, _STATUS_LINE_RE, 1)
     if found is None:
         return None
     m, version, (headers, lnames, length, keep_alive) = found
@@ -815,15 +871,16 @@ def _plain_response(data: bytes, start: int, stop: int) -> ResponseHead | None:
 
 
 def _plain_fields(
-    data: bytes, start: int, stop: int, pattern: re.Pattern[bytes], version_group: int
+    data: bytes, start: int, stop: int, first_line: re.Pattern[bytes], version_group: int
 ) -> tuple[re.Match[bytes], str, _Fields] | None:
-    """The head in `data[start:stop]` matched by `pattern` and split by _fast_fields:
-    the match, the HTTP version and the fields; None where llhttp must judge."""
-    m = pattern.fullmatch(data, start, stop)
+    """The head in `data[start:stop]` (CRLF CRLF included): its first line matched by
+    `first_line`, the HTTP version and the fields; None where llhttp must judge."""
+    eol = data.find(b"\r\n", start, stop)
+    m = first_line.fullmatch(data, start, eol) if eol >= 0 else None
     if m is None:
         return None
     version = _VERSIONS[m[version_group]]
-    fields = _fast_fields(data, m.start(4), m.end(4), version == "1.1")
+    fields = _field_lines(data, eol + 2, stop - 2, version == "1.1")
     return None if fields is None else (m, version, fields)
 
 
