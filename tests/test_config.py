@@ -476,6 +476,12 @@ def test_only_egress_is_required_and_everything_else_has_defaults() -> None:
     assert config.demo.echo is None
 
 
+def test_empty_flow_value_turns_the_flow_log_off() -> None:
+    assert parse(EGRESS, SOURCE).log.flow_target == "flow.jsonl"
+    assert parse(EGRESS + '[log]\nflow = "-"\n', SOURCE).log.flow_target == "-"
+    assert parse(EGRESS + '[log]\nflow = ""\n', SOURCE).log.flow_target is None
+
+
 def test_empty_listen_value_turns_that_listener_off() -> None:
     config = parse(EGRESS + '[listen]\nsocks = ""\nadmin = ""\n', SOURCE)
     assert str(config.listen.http) == "127.0.0.1:3128"

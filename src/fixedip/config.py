@@ -150,8 +150,13 @@ class GuardConfig(Section):
 
 
 class LogConfig(Section):
-    flow: str | None = "flow.jsonl"
+    flow: str = "flow.jsonl"  # "" turns it off, as "" turns off a listener
     level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def flow_target(self) -> str | None:
+        """What FlowLog takes: the path or "-", or None for no flow log."""
+        return self.flow if self.flow.strip() else None
 
 
 class TimeoutsConfig(Section):

@@ -291,3 +291,12 @@ def test_host_header_disagreeing_with_the_target_is_refused(
     )
     assert out.startswith(b"HTTP/1.1 400 ")
     assert vendor.seen == []
+
+
+def test_an_empty_flow_setting_serves_without_a_flow_log(
+    make_gateway, vendor: VendorServer, tmp_path
+) -> None:
+    gw = make_gateway(log={"flow": ""})
+    assert proxied_get(gw, vendor.url("/")).status_code == 200
+    assert gw.call(lambda: gw.gateway.flowlog.dropped) == 0
+    assert not list(tmp_path.glob("*.jsonl"))

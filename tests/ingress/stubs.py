@@ -181,7 +181,7 @@ class RunningRelay:
         self.config = config
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.flowlog = FlowLog(config.log.flow, flush_interval_s=0.05)
+        self.flowlog = FlowLog(config.log.flow_target, flush_interval_s=0.05)
         self.housekeeping_s = housekeeping_s
         self.relay: Relay | None = None
 

@@ -75,7 +75,7 @@ class Gateway:
         self.metrics = Metrics()
         if self.fleet is not None:
             self.fleet.register_metrics(self.metrics.registry)
-        self.flowlog = FlowLog(config.log.flow)
+        self.flowlog = FlowLog(config.log.flow_target)
         self.checks = self._checks(config)
         self.connections = Connections(self.metrics)
         self.deadlines = Deadlines(self.loop)
@@ -411,7 +411,7 @@ class Gateway:
                 return False
         flowlog = None
         if config.log.flow != old.log.flow:
-            flowlog = FlowLog(config.log.flow)
+            flowlog = FlowLog(config.log.flow_target)
             try:
                 flowlog.start()
             except OSError as exc:

@@ -55,7 +55,7 @@ async def run_relay(
     from fixedip.observe.admin import AdminServer, start_admin
 
     assert config.ingress is not None
-    flowlog = FlowLog(config.log.flow)
+    flowlog = FlowLog(config.log.flow_target)
     try:
         flowlog.start()
     except OSError as exc:

@@ -239,24 +239,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-# Records encoded between two offers of the GIL to the event loop (about 0.3 ms of work):
-# a batch of a thousand would otherwise hold the loop up for milliseconds at a time.
-ENCODE_SLICE = 64
-
-
-def _encode(records: list[FlowRecord]) -> str:
-    """JSON lines for `records`, in slices with a `sleep(0)` between them, which releases
-    the GIL so the event loop thread runs at once if it is waiting."""
-    parts = []
-    for first in range(0, len(records), ENCODE_SLICE):
-        if first:
-            time.sleep(0)
-        parts.append("".join([r.to_json() + "\n" for r in records[first : first + ENCODE_SLICE]]))
-    return "".join(parts)
-
-
 class FlowLog:
     """Batched, non-blocking JSON-lines writer.
+
+    A record is encoded when it is written (a few microseconds, on the event loop) and
+    a worker thread only joins and writes the lines: encoding there made the thread hold
+    the GIL for long stretches, and the event loop waited for it (in the tail latency).
 
     `target` is "-" for standard output, a file path (appended to, created with mode
     0o640) or None to log nothing. Call `start()` inside the running loop, `write()`
@@ -277,7 +265,7 @@ class FlowLog:
         self._flush_interval_s = flush_interval_s
         self._max_batch = max_batch
         self._max_pending = max_pending
-        self._pending: list[FlowRecord] = []
+        self._pending: list[str] = []  # JSON lines, each with its newline
         self._dropped = 0
         self._fd: int | None = None
         # Held by the worker thread while it writes, so reopen() never closes the
@@ -317,7 +305,7 @@ class FlowLog:
         if self._closed or len(pending) >= self._max_pending:
             self._dropped += 1
             return
-        pending.append(record)
+        pending.append(record.to_json() + "\n")
         if len(pending) == self._max_batch and self._wake is not None:
             self._wake.set()
 
@@ -375,13 +363,12 @@ class FlowLog:
             wake.clear()
             await self.flush()
 
-    def _write_batch(self, batch: list[FlowRecord]) -> int:
+    def _write_batch(self, batch: list[str]) -> int:
         """Runs in a worker thread; returns how many records were lost to a write error."""
         step = self._max_batch
         for first in range(0, len(batch), step):
-            chunk = batch[first : first + step]
             try:
-                self._write_text(_encode(chunk))
+                self._write_text("".join(batch[first : first + step]))
             except Exception as exc:
                 lost = len(batch) - first
                 log.error(
