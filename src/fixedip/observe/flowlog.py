@@ -101,7 +101,7 @@ class FlowRecord:
     @property
     def decision(self) -> str:
         """`allow` when the flow was allowed, `deny` for every other reason."""
-        return "allow" if self.reason == Reason.ALLOWED else "deny"
+        return "allow" if self.reason == _ALLOWED else "deny"
 
     def to_json(self) -> str:
         """One JSON line (without the newline) with exactly the documented keys.
@@ -203,19 +203,21 @@ def _json_int(value: int | None) -> str:
     return "null" if value is None else str(int(value))
 
 
-_second_cache: tuple[int, str] = (-1, "")
+_MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))
+_second = -1  # the second whose formatted prefix is _prefix
+_prefix = ""
 
 
 def _iso_utc_ms(epoch_s: float) -> str:
-    """`2024-05-01T12:00:00.123Z`: ISO 8601, UTC, millisecond precision (truncated)."""
-    global _second_cache
+    """`2024-05-01T12:00:00.123Z`: ISO 8601, UTC, millisecond precision (truncated).
+    Records of one second share their formatted prefix; the milliseconds come from a
+    table (this runs once per request)."""
+    global _second, _prefix
     whole = int(epoch_s // 1)
-    millis = int((epoch_s - whole) * 1000.0)
-    cached_whole, prefix = _second_cache
-    if cached_whole != whole:  # records of one second share their formatted prefix
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        _second_cache = (whole, prefix)
-    return f"{prefix}.{millis:03d}Z"
+    if whole != _second:
+        _prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = whole
+    return _prefix + _MILLIS[min(int((epoch_s - whole) * 1000.0), 999)]
 
 
 def _open_flow_file(path: str) -> int:
