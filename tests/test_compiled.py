@@ -35,3 +35,44 @@ def test_make_test_compiles_the_hot_path_where_a_c_compiler_is_present() -> None
     pure = bool(os.environ.get("FIXEDIP_TEST_PURE")) or not can_compile()
     expected = [] if pure else list(compiled.HOT_MODULES)
     assert compiled.compiled_modules() == expected, compiled.describe()
+
+
+PURE_SMOKE = """
+import time
+from fixedip.gateway.runtime import Attempt
+from fixedip.ingress.observe import receipt_record
+from fixedip.observe.flowlog import FlowRecord
+from fixedip.proto.http1 import ResponseHead, whole_request, whole_response
+
+head, _ = whole_request(b"GET http://v.test/ HTTP/1.1\\r\\nHost: v.test\\r\\n\\r\\n", 65536)
+assert (head.method, head.target, head.get(b"host")) == ("GET", b"http://v.test/", b"v.test")
+answer, _ = whole_response(b"HTTP/1.1 204 No Content\\r\\nServer: x\\r\\n\\r\\n", 65536)
+assert isinstance(answer, ResponseHead) and answer.status == 204
+record = FlowRecord(time.time(), "http", "http", "p", None, "GET", *[None] * 5, 200)
+assert '"status":200' in record.to_json()
+assert '"route":"/hook"' in receipt_record(1.0, "p", "POST", "/hook", 200, "accepted", 5).to_json()
+assert Attempt().route is None
+print("ok")
+"""
+
+
+def test_the_pure_modules_run_where_nothing_is_compiled(tmp_path: Path) -> None:
+    """Without a C compiler the .py modules run: the classes whose __init__ is written
+    out for mypyc (and their subclasses) must work as plain Python too."""
+    import subprocess
+    import sys
+
+    pure = tmp_path / "src"
+    shutil.copytree(
+        compiled.SRC / "fixedip",
+        pure / "fixedip",
+        ignore=shutil.ignore_patterns("*.so", "__pycache__", ".compiled"),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", PURE_SMOKE],
+        env={**os.environ, "PYTHONPATH": str(pure)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -131,6 +131,8 @@ def test_a_member_never_holds_more_eips_than_it_has_addresses(
 
     other = start(*args, 1, {"private_ips": FLOATING}, floating_egress=False)
     wait_until(lambda: aws.holders()[free] == aws.instances[1], FAILOVER_TARGET_S, "the free EIP")
+    # The member records the EIP once EC2 has answered its association: a moment later.
+    wait_until(lambda: other.fleet()["floating_eips"] != [], 5, "the member's record of it")
     assert [e["allocation"] for e in other.fleet()["floating_eips"]] == [free]
     assert alone.fleet()["floating_eips"] == [taken]
 

@@ -430,13 +430,14 @@ def test_field_lines_are_memoised_by_name_and_never_a_credential() -> None:
     assert first[0].headers[0] is again[0].headers[0]
 
 
-def test_the_field_line_memo_is_bounded() -> None:
+def test_the_field_line_memo_is_bounded_in_lines_and_in_line_length() -> None:
     for i in range(http1._LINES_MAX + 50):
-        response = (
-            b"HTTP/1.1 200 OK\r\nDate: Tue, 24 Nov 2026 01:%02d:%02d GMT\r\n" % divmod(i, 60)
-            + b"Content-Length: %d\r\n\r\n" % i
-            + b"x" * i
-        )
-        taken = whole_response(response, DEFAULT_MAX_HEAD_BYTES)
-        assert taken is not None and taken[0].content_length == i
+        request = b"GET http://v.test/ HTTP/1.1\r\nHost: v.test\r\nUser-Agent: fn/%d\r\n\r\n" % i
+        taken = whole_request(request, DEFAULT_MAX_HEAD_BYTES)
+        assert taken is not None and taken[0].get(b"user-agent") == b"fn/%d" % i
         assert len(http1._LINES) <= http1._LINES_MAX
+    long_agent = b"fn/" + b"x" * 4000
+    request = b"GET http://v.test/ HTTP/1.1\r\nUser-Agent: " + long_agent + b"\r\n\r\n"
+    taken = whole_request(request, DEFAULT_MAX_HEAD_BYTES)
+    assert taken is not None and taken[0].get(b"user-agent") == long_agent
+    assert max(len(line) for line in http1._LINES) <= http1._LINE_MAX_BYTES

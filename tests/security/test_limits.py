@@ -210,6 +210,18 @@ def test_a_closed_connection_leaves_its_deadline_tick(make_gateway) -> None:
     assert gw.call(lambda: sum(len(d) for d in gw.gateway.deadlines.ticks.values())) == 0
 
 
+def test_an_infinite_idle_timeout_never_closes_and_never_fails(
+    make_gateway, vendor: VendorServer
+) -> None:
+    gw = make_gateway(timeouts={"idle_s": float("inf")})
+    request = f"GET {vendor.url()} HTTP/1.1\r\nHost: 127.0.0.1:{vendor.port}\r\n{AUTH}\r\n"
+    with socket.create_connection(gw.http, timeout=5) as s:
+        for _ in range(2):
+            s.sendall(request.encode())
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert not closed_by_peer(s, timeout=0.3)
+
+
 def test_idle_tunnel_is_closed(make_gateway, echo) -> None:
     gw = make_gateway(
         timeouts={"tunnel_idle_s": 0.3}, clients=[client("billing", ["127.0.0.1:*"], [echo.port])]

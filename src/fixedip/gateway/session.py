@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from fixedip.observe.metrics import Metrics
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+log = logging.getLogger("fixedip.session")
 
 # Reading more than this from the client before the upstream takes it is paused.
 MAX_EARLY_BYTES = 256 * 1024
@@ -67,7 +70,10 @@ class Deadlines:
 
     def _fire(self, tick: int) -> None:
         for session in self.ticks.pop(tick, ()):
-            session.deadline_due()
+            try:
+                session.deadline_due()
+            except Exception:  # one session's failure must not strand the others
+                log.exception("timing out connection %s failed", session.peer)
 
 
 class Connections:
@@ -259,6 +265,9 @@ class ClientSession(asyncio.Protocol):
         self._deadline = self.loop.time() + seconds
 
     def _wait_for(self, deadline: float) -> None:
+        if deadline == math.inf:  # a timeout of `inf`: never
+            self._tick = -1
+            return
         self._tick = tick = self.gw.deadlines.add(self, deadline)
         self._tick_at = tick * DEADLINE_TICK_S
 

@@ -54,8 +54,10 @@ class WebhookRecord(FlowRecord):
         error: str | None = None,
     ) -> None:
         # Written out because FlowRecord's is: a compiled subclass cannot combine a
-        # generated __init__ with a written one.
-        super().__init__(
+        # generated __init__ with a written one. (Not super(): slots=True makes a new
+        # class, which the zero-argument form does not know in pure Python.)
+        FlowRecord.__init__(
+            self,
             start,
             "ingress",
             kind,

@@ -204,20 +204,24 @@ def _json_int(value: int | None) -> str:
 
 
 _MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))
-_second = -1  # the second whose formatted prefix is _prefix
-_prefix = ""
+# The second whose formatted prefix is cached, and the prefix: one tuple, replaced
+# whole, so no thread reads one second's number with another's prefix.
+_second_cache: tuple[int, str] = (-1, "")
 
 
 def _iso_utc_ms(epoch_s: float) -> str:
     """`2024-05-01T12:00:00.123Z`: ISO 8601, UTC, millisecond precision (truncated).
     Records of one second share their formatted prefix; the milliseconds come from a
     table (this runs once per request)."""
-    global _second, _prefix
+    global _second_cache
     whole = int(epoch_s // 1)
-    if whole != _second:
-        _prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        _second = whole
-    return _prefix + _MILLIS[min(int((epoch_s - whole) * 1000.0), 999)]
+    cached = _second_cache
+    if cached[0] == whole:
+        prefix = cached[1]
+    else:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second_cache = (whole, prefix)
+    return prefix + _MILLIS[min(int((epoch_s - whole) * 1000.0), 999)]
 
 
 def _open_flow_file(path: str) -> int:

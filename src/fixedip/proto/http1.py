@@ -70,31 +70,30 @@ _REQUEST_LINE_RE = re.compile(
 )
 _STATUS_LINE_RE = re.compile(rb"HTTP/1\.([01]) ([2-9][0-9][0-9]) (" + _VALUE + rb")")
 # Field lines repeat from message to message (Host, User-Agent, Server, Content-Type):
-# a line seen before is looked up, not matched, lowered and split again. Only these
-# names are kept, so no credential (Authorization, Cookie, an API key in a header of
-# the vendor's own) outlives its message; the table is bounded like every memo here.
+# a line seen before is looked up, not matched, lowered and split again. Only short
+# lines with these names are kept, so no credential (Authorization, Cookie, an API key
+# in a header of the vendor's own) outlives its message and a client cannot pin large
+# lines in memory. Date and Content-Length change, but each value repeats for a second
+# or for every body of that size; the table is bounded like every memo here.
 # The field is typed Any so that compiled code hands back the stored tuple object: a
 # typed tuple[bytes, bytes] would be unboxed and built anew on every hit.
 _LINES: dict[bytes, tuple[Any, bytes]] = {}
 _LINES_MAX = 2048
+_LINE_MAX_BYTES = 256
 _MEMO_NAMES: Final = frozenset(
     {
         b"accept",
         b"accept-encoding",
         b"accept-language",
         b"accept-ranges",
-        b"age",
         b"cache-control",
         b"connection",
         b"content-encoding",
         b"content-length",
         b"content-type",
         b"date",
-        b"etag",
-        b"expires",
         b"host",
         b"keep-alive",
-        b"last-modified",
         b"pragma",
         b"server",
         b"strict-transport-security",
@@ -135,9 +134,9 @@ class ProtocolError(Exception):
 
 
 @dataclass(slots=True, init=False)
-class RequestHead:
-    method: str
-    target: bytes
+class _Head:
+    """What a request head and a response head have in common."""
+
     version: str
     headers: list[tuple[bytes, bytes]]
     keep_alive: bool
@@ -145,6 +144,31 @@ class RequestHead:
     content_length: int | None
     # Lowercase header names, parallel to `headers`: lowered once, looked up many times.
     lnames: list[bytes] = field(compare=False, repr=False)
+
+    def __init__(
+        self,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        chunked: bool,
+        content_length: int | None,
+        lnames: list[bytes] | None,
+    ) -> None:
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.content_length = content_length
+        self.lnames = [] if lnames is None else lnames
+
+    def get(self, name: bytes) -> bytes | None:
+        return _first_value(self.headers, self.lnames, name)
+
+
+@dataclass(slots=True, init=False)
+class RequestHead(_Head):
+    method: str
+    target: bytes
 
     def __init__(
         self,
@@ -159,15 +183,7 @@ class RequestHead:
     ) -> None:
         self.method = method
         self.target = target
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.chunked = chunked
-        self.content_length = content_length
-        self.lnames = [] if lnames is None else lnames
-
-    def get(self, name: bytes) -> bytes | None:
-        return _first_value(self.headers, self.lnames, name)
+        _Head.__init__(self, version, headers, keep_alive, chunked, content_length, lnames)
 
     @property
     def has_body(self) -> bool:
@@ -175,15 +191,9 @@ class RequestHead:
 
 
 @dataclass(slots=True, init=False)
-class ResponseHead:
+class ResponseHead(_Head):
     status: int
     reason: bytes
-    version: str
-    headers: list[tuple[bytes, bytes]]
-    keep_alive: bool
-    chunked: bool
-    content_length: int | None
-    lnames: list[bytes] = field(compare=False, repr=False)
 
     def __init__(
         self,
@@ -198,15 +208,7 @@ class ResponseHead:
     ) -> None:
         self.status = status
         self.reason = reason
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.chunked = chunked
-        self.content_length = content_length
-        self.lnames = [] if lnames is None else lnames
-
-    def get(self, name: bytes) -> bytes | None:
-        return _first_value(self.headers, self.lnames, name)
+        _Head.__init__(self, version, headers, keep_alive, chunked, content_length, lnames)
 
 
 def _first_value(
@@ -315,7 +317,7 @@ def _field_lines(data: bytes, start: int, stop: int, http11: bool) -> _Fields | 
                     return None
                 field: Any = (m[1], m[2])
                 lname = m[1].lower()
-                if lname in _MEMO_NAMES:
+                if lname in _MEMO_NAMES and len(line) <= _LINE_MAX_BYTES:
                     remember(_LINES, line, (field, lname), _LINES_MAX)
             else:
                 field, lname = seen
