@@ -146,7 +146,6 @@ class ClientSession(asyncio.Protocol):
         self._pauses: set[str] = set()
         self._deadline = math.inf
         self._tick = -1  # the Deadlines tick this connection waits in, or -1
-        self._tick_at = math.inf  # when that tick fires
         self._timeout_reason = ""
         self._client_eof = False
         self._upstream_eof = False
@@ -255,7 +254,7 @@ class ClientSession(asyncio.Protocol):
         self._deadline = deadline = self.loop.time() + seconds
         self._timeout_reason = reason
         if self._tick >= 0:
-            if self._tick_at <= deadline:
+            if self._tick * DEADLINE_TICK_S <= deadline:
                 return  # its tick comes first and re-arms it for the rest
             self.gw.deadlines.discard(self, self._tick)
         self._wait_for(deadline)
@@ -268,8 +267,7 @@ class ClientSession(asyncio.Protocol):
         if deadline == math.inf:  # a timeout of `inf`: never
             self._tick = -1
             return
-        self._tick = tick = self.gw.deadlines.add(self, deadline)
-        self._tick_at = tick * DEADLINE_TICK_S
+        self._tick = self.gw.deadlines.add(self, deadline)
 
     def _disarm(self) -> None:
         self._deadline = math.inf
