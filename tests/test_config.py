@@ -350,6 +350,18 @@ BAD_FILES = [
         'expected an address or network in CIDR form such as "203.0.113.0/24", got "loopback"',
     ),
     (
+        "guard-cidr-not-a-string",
+        EGRESS + "[guard]\nallow_cidrs = [true]\n",
+        "guard.allow_cidrs[0]",
+        "expected an address or network in CIDR form",
+    ),
+    (
+        "egress-ip-a-number",
+        '[egress]\nips = [{ bind = 2130706442 }]\n',
+        "egress.ips[0].bind",
+        "expected an IPv4 or IPv6 address",
+    ),
+    (
         "bad-log-level",
         EGRESS + '[log]\nlevel = "loud"\n',
         "log.level",

@@ -70,8 +70,10 @@ ListenField = Annotated[EndpointField | None, BeforeValidator(_listen_endpoint)]
 
 
 def _parse_ip(value: Any) -> Any:
-    if not isinstance(value, str):
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
         return value
+    if not isinstance(value, str):  # pydantic would take an integer (or true) as one
+        raise ValueError(f'expected an IPv4 or IPv6 address such as "203.0.113.7", got {value!r}')
     try:
         return ipaddress.ip_address(value.strip())
     except ValueError:
@@ -81,8 +83,12 @@ def _parse_ip(value: Any) -> Any:
 
 
 def _parse_network(value: Any) -> Any:
-    if not isinstance(value, str):
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return value
+    if not isinstance(value, str):  # pydantic would take an integer (or true) as one
+        raise ValueError(
+            f'expected an address or network in CIDR form such as "203.0.113.0/24", got {value!r}'
+        )
     try:
         return ipaddress.ip_network(value.strip())
     except ValueError:
