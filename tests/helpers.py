@@ -50,6 +50,14 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+def wait_for(check: Callable[[], bool], timeout: float = 5) -> bool:
+    """Poll `check` until it holds or `timeout` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return check()
+
+
 # --- the gateway, in a thread of its own ---------------------------------------------
 
 

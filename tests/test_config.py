@@ -357,7 +357,7 @@ BAD_FILES = [
     ),
     (
         "egress-ip-a-number",
-        '[egress]\nips = [{ bind = 2130706442 }]\n',
+        "[egress]\nips = [{ bind = 2130706442 }]\n",
         "egress.ips[0].bind",
         "expected an IPv4 or IPv6 address",
     ),

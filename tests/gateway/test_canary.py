@@ -15,6 +15,7 @@ from tests.helpers import (
     VendorServer,
     token_hash,
     url_of,
+    wait_for,
 )
 
 
@@ -38,15 +39,6 @@ def canary_gateway(make_gateway, dns, vendor: VendorServer) -> RunningGateway:
 def quarantined(gw: RunningGateway) -> set[str]:
     egress = requests.get(url_of(gw.admin, "/egress"), timeout=5).json()["egress"]
     return {e["bind"] for e in egress if e["quarantined_for"]}
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_start_up_canary_quarantines_a_blocked_ip_before_any_request(

@@ -29,6 +29,7 @@ from tests.helpers import (
     big_body_sha256,
     gateway_config,
     read_flow_log,
+    wait_for,
 )
 
 MakeGateway = Callable[..., RunningGateway]
@@ -123,13 +124,6 @@ def read_to_eof(conn: socket.socket) -> bytes:
     while chunk := conn.recv(1 << 20):
         got += chunk
     return bytes(got)
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return check()
 
 
 def reset(sock: socket.socket) -> None:

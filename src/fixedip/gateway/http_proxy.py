@@ -949,6 +949,7 @@ class HttpProxySession(ClientSession):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.dial_task is not None and not self.dial_task.done():
             self.dial_task.cancel()
+        self.parser.release()
         super().connection_lost(exc)
 
 

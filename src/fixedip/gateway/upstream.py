@@ -118,6 +118,8 @@ class Upstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        if self.parser is not None:
+            self.parser.release()
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.upstream_lost(exc)

@@ -388,6 +388,9 @@ class _Parser:
         self._body_left = 0  # bytes of a Content-Length or close-delimited body to come
         self._chunk_line: int | None = None  # bytes of the chunk-size line being read
         self._chunk_headers = 0  # chunk-size lines completed so far
+        # llhttp's parser, made when a message first needs it: heads the one-pass parser
+        # takes never do, and a connection that never makes one leaves no cycle behind.
+        self._parser: Any = None
 
     @property
     def at_boundary(self) -> bool:
@@ -397,6 +400,11 @@ class _Parser:
         return (
             self._llhttp_idle and not self._fast_left and not self._closing and self._error is None
         )
+
+    def release(self) -> None:
+        """The connection is gone: drop llhttp's parser. It holds this object's callbacks
+        and this object holds it, a cycle only the garbage collector would free."""
+        self._parser = None
 
     def whole_taken(self) -> None:
         """A whole message was parsed outside this parser (whole_request/whole_response):
@@ -605,7 +613,6 @@ class RequestParser(_Parser):
         self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, fast: bool | None = None
     ) -> None:
         super().__init__(max_head_bytes, fast)
-        self._parser = httptools.HttpRequestParser(self)
         self._upgraded = False
         self._connect = False
 
@@ -704,6 +711,8 @@ class RequestParser(_Parser):
         upgrade). Only CONNECT hands the connection over: Upgrade is hop-by-hop and never
         forwarded, so parsing goes on with the next request.
         """
+        if self._parser is None:
+            self._parser = httptools.HttpRequestParser(self)
         while True:
             try:
                 self._feed_llhttp(self._parser, data, start)
@@ -724,7 +733,6 @@ class ResponseParser(_Parser):
         self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, fast: bool | None = None
     ) -> None:
         super().__init__(max_head_bytes, fast)
-        self._parser = httptools.HttpResponseParser(self)
         self._no_body = False
         self._done_early = False
         self.close_delimited = False
@@ -792,11 +800,13 @@ class ResponseParser(_Parser):
             if start == len(data) and self._events:
                 self._quiet_bytes = 0
                 return self._take()
+        if self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)
         try:
             self._feed_llhttp(self._parser, data, start)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadDone) or self._done_early:
-                self._parser = httptools.HttpResponseParser(self)
+                self._parser = None  # the next response gets a fresh one
                 self._llhttp_idle = True
                 return self._take()
             if self._error is not None:
@@ -807,7 +817,7 @@ class ResponseParser(_Parser):
             raise self._error from None
         except httptools.HttpParserError as exc:
             if self._done_early:
-                self._parser = httptools.HttpResponseParser(self)
+                self._parser = None
                 self._llhttp_idle = True
                 return self._take()
             if self._error is not None:
