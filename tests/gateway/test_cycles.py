@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import gc
 import socket
+import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tests.helpers import TOKENS, RunningGateway, VendorServer, basic, wait_for
+from tests.helpers import TOKENS, RunningGateway, VendorServer, basic, token_hash, wait_for
 from tests.tlskit import GatewayPKI, forward_get, https_address, tls_connect, tls_overrides
 
 MakeGateway = Callable[..., RunningGateway]
@@ -109,4 +110,35 @@ def test_tls_connections_leave_no_cycles(
             raw.recv(100)
         assert wait_for(lambda: quiet(gw))
     assert len(vendor.seen) == 5
+    assert not found, f"objects left in reference cycles: {dict(found)}"
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "10", *args], capture_output=True, text=True, timeout=20
+    )
+
+
+def test_tunnels_leave_no_cycles(make_gateway: MakeGateway, vendor: VendorServer) -> None:
+    """SOCKS5 and CONNECT tunnels, and a SOCKS5 client with a wrong password."""
+    client = {
+        "name": "billing",
+        "token_hash": token_hash("billing"),
+        "allow": ["127.0.0.1:*"],
+        "connect_ports": [vendor.port],
+    }
+    gw = make_gateway(clients=[client])
+    token = TOKENS["billing"]
+    socks = "billing:{}@{}:{}"
+    with cycles_found() as found:
+        for _ in range(3):
+            via_socks = curl("--socks5", socks.format(token, *gw.socks), vendor.url("/tunnel"))
+            assert '"peer"' in via_socks.stdout, via_socks.stderr
+            proxy = f"http://billing:{token}@{gw.http[0]}:{gw.http[1]}"
+            via_connect = curl("-p", "-x", proxy, vendor.url("/tunnel"))
+            assert '"peer"' in via_connect.stdout, via_connect.stderr
+            wrong = curl("--socks5", socks.format("wrong", *gw.socks), vendor.url("/never"))
+            assert wrong.returncode != 0
+        assert wait_for(lambda: quiet(gw))
+    assert [path for *_, path in vendor.seen] == ["/tunnel"] * 6
     assert not found, f"objects left in reference cycles: {dict(found)}"

@@ -142,11 +142,6 @@ class Socks5Server:
         self._state = State.GREETING
         self._buffer = bytearray()
         self._outgoing = bytearray()
-        self._parsers: dict[State, Callable[[list[Event]], None]] = {
-            State.GREETING: self._parse_greeting,
-            State.AUTH: self._parse_auth,
-            State.REQUEST: self._parse_request,
-        }
 
     @property
     def state(self) -> State:
@@ -163,9 +158,9 @@ class Socks5Server:
             return []
         self._buffer += data
         events: list[Event] = []
-        while self._state in self._parsers:
+        while self._state in _PARSERS:
             before = self._state
-            self._parsers[before](events)
+            _PARSERS[before](self, events)
             if self._state is before:
                 break  # the message in progress needs more bytes
         if len(self._buffer) > MAX_PENDING_BYTES:
@@ -360,6 +355,15 @@ class Socks5Server:
     def _shut(self) -> None:
         self._state = State.CLOSED
         self._buffer.clear()
+
+
+# What reads the message each state waits for. Unbound: a table of bound methods on each
+# server would be a reference cycle per connection, freed only by the garbage collector.
+_PARSERS: dict[State, Callable[[Socks5Server, list[Event]], None]] = {
+    State.GREETING: Socks5Server._parse_greeting,
+    State.AUTH: Socks5Server._parse_auth,
+    State.REQUEST: Socks5Server._parse_request,
+}
 
 
 def _host_text(address_type: AddressType, raw: bytes) -> str | None:
