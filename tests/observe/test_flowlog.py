@@ -359,3 +359,16 @@ def test_remembered_pieces_never_stand_in_for_a_field_that_changed() -> None:
     for change in changes:
         record = make_record(**{**base, **change})
         assert record.to_json() == json.dumps(record.fields(), separators=(",", ":")), change
+
+
+def test_duration_is_in_milliseconds_to_a_tenth() -> None:
+    for seconds, ms in [
+        (0.0, 0.0),
+        (0.01234, 12.3),
+        (0.01236, 12.4),
+        (0.00005, 0.1),
+        (2.5, 2500.0),
+    ]:
+        record = make_record(duration_s=seconds)
+        assert json.loads(record.to_json())["duration_ms"] == ms
+        assert record.fields()["duration_ms"] == ms

@@ -31,6 +31,7 @@ from fixedip.proto.http1 import (
     parse_connect_target,
     serialize_head,
     simple_response,
+    status_line,
 )
 
 SMALL_HEAD_BYTES = 1024
@@ -1482,3 +1483,18 @@ def test_any_bytes_make_the_response_parser_yield_events_or_raise_protocol_error
         assert all(not isinstance(e, Body) or e.data for e in events), "empty Body = last chunk"
     if not refused:
         parser.feed_eof()
+
+
+def test_status_lines_are_remembered_only_when_short_and_within_a_bound() -> None:
+    from fixedip.proto import http1
+
+    assert status_line(200, b"OK") == b"HTTP/1.1 200 OK"
+    assert status_line(404, b"") == b"HTTP/1.1 404 -"
+    assert status_line(200, b"OK") is status_line(200, b"OK")  # remembered
+    long_reason = b"x" * 200
+    before = len(http1._STATUS_LINES)
+    assert status_line(299, long_reason) == b"HTTP/1.1 299 " + long_reason
+    assert len(http1._STATUS_LINES) == before
+    for n in range(1000):  # a vendor inventing reasons cannot grow the table
+        status_line(200, b"reason %d" % n)
+    assert len(http1._STATUS_LINES) <= http1._STATUS_LINES_MAX

@@ -691,7 +691,7 @@ class HttpProxySession(ClientSession):
             headers.append((b"Connection", b"close"))
         elif self.head.version == "1.0":
             headers.append((b"Connection", b"keep-alive"))
-        line = b"HTTP/1.1 %d %s" % (resp.status, resp.reason or b"-")
+        line = http1.status_line(resp.status, resp.reason)
         self.transport_write(http1.serialize_head(line, headers))
 
     def try_splice_body(self) -> None:

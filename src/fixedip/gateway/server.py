@@ -35,7 +35,7 @@ from fixedip.identity.health import Backoff, CanaryRequest, Health
 from fixedip.identity.limits import LimitStore, LocalLimitStore
 from fixedip.identity.pool import EgressState, probe_bind
 from fixedip.observe.admin import AdminServer, start_admin
-from fixedip.observe.flowlog import FlowLog, FlowRecord
+from fixedip.observe.flowlog import FlowLog
 from fixedip.observe.metrics import Metrics
 
 log = logging.getLogger("fixedip")
@@ -467,10 +467,6 @@ class Gateway:
     @property
     def client_connections(self) -> dict[str, int]:
         return self.connections.per_client
-
-    def record(self, record: FlowRecord) -> None:
-        self.flowlog.write(record)
-        self.metrics.observe_flow(record)
 
     def client_view(self, client: ClientConfig) -> dict[str, Any]:
         """What /whoami and /egress show an authenticated client: only its own IPs."""

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -147,7 +148,7 @@ class FlowRecord:
                 ',"bytes_down":',
                 str(int(self.bytes_down)),
                 ',"duration_ms":',
-                repr(float(round(self.duration_s * 1000.0, 1))),
+                repr(_duration_ms(self.duration_s)),
                 ",",
                 outcome,
                 "}",
@@ -171,7 +172,7 @@ class FlowRecord:
             "status": self.status,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
-            "duration_ms": round(self.duration_s * 1000.0, 1),
+            "duration_ms": _duration_ms(self.duration_s),
             "decision": self.decision,
             "reason": str(self.reason),
             "rule": self.rule,
@@ -211,6 +212,11 @@ def _encode_where(
 
 def _encode_outcome(decision: str, reason: str, rule: str | None) -> str:
     return f'"decision":"{decision}","reason":{_json_str(str(reason))},"rule":{_json_str(rule)}'
+
+
+def _duration_ms(seconds: float) -> float:
+    """Milliseconds to a tenth, halves rounded up (round(x, 1) costs ten times more)."""
+    return math.floor(seconds * 10000.0 + 0.5) / 10.0
 
 
 def _json_str(value: str | None) -> str:

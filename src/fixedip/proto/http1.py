@@ -1119,6 +1119,23 @@ _E2E_MEMO: dict[
 _E2E_MEMO_SIZE: Final = 4096
 
 
+def status_line(status: int, reason: bytes) -> bytes:
+    """`HTTP/1.1 200 OK` (`-` for an empty reason). A vendor answers with the same few
+    lines over and over, so short ones are remembered (bounded: the reason is theirs)."""
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        line = b"HTTP/1.1 %d %s" % (status, reason or b"-")
+        if len(reason) <= _STATUS_REASON_MEMO:
+            remember(_STATUS_LINES, key, line, _STATUS_LINES_MAX)
+    return line
+
+
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_STATUS_LINES_MAX: Final = 256
+_STATUS_REASON_MEMO: Final = 64
+
+
 def serialize_head(first_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     parts = [first_line, b"\r\n"]
     for k, v in headers:
