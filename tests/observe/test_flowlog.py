@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixedip.observe.flowlog import FlowLog, FlowRecord
+from fixedip.observe.flowlog import ENCODE_SLICE, FlowLog, FlowRecord
 from fixedip.policy.decision import Reason
 
 FLOW_KEYS = {
@@ -249,6 +249,33 @@ def test_flush_writes_pending_records_immediately(tmp_path: Path) -> None:
 
     run_with_log(str(path), body, flush_interval_s=60.0)
     assert seen == [2]
+
+
+def test_a_large_batch_is_encoded_in_slices_that_let_the_event_loop_run(
+    tmp_path: Path,
+) -> None:
+    """Records are encoded at the flush, on the event loop: between two slices of
+    ENCODE_SLICE records other callbacks run, so no request waits for a whole batch."""
+    path = tmp_path / "flow.jsonl"
+    slices = 5
+    ports = list(range(1, ENCODE_SLICE * slices + 1))
+    turns_while_encoding: list[int] = []
+
+    async def body(flow_log: FlowLog) -> None:
+        encoding = asyncio.ensure_future(flow_log._encode([make_record(port=p) for p in ports]))
+        turns = 0
+        while not encoding.done():
+            await asyncio.sleep(0)
+            turns += 1
+        turns_while_encoding.append(turns)
+        assert [json.loads(line)["port"] for line in encoding.result()] == ports
+        for port in ports:
+            flow_log.write(make_record(port=port))
+        await flow_log.flush()
+
+    run_with_log(str(path), body, flush_interval_s=60.0, max_batch=10_000)
+    assert turns_while_encoding[0] >= slices
+    assert [line["port"] for line in read_lines(path)] == ports
 
 
 def test_stdout_target_writes_json_lines_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:

@@ -127,7 +127,7 @@ class SocksSession(ClientSession):
             log.exception("internal error handling SOCKS5 CONNECT from %s", self.peer)
             self.reply_failure(Decision(Reason.INTERNAL_ERROR))
             return
-        if self.closed:
+        if self.closed or self.record is not record:  # gone, or timed out meanwhile
             if dialed.permit is not None:
                 dialed.permit.release()
             dialed.upstream.abort()
