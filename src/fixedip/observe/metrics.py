@@ -9,7 +9,7 @@ open connections are counted the same way.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -65,7 +65,12 @@ def status_class(kind: str, status: int | None) -> str:
         return "socks_ok" if status == SOCKS_SUCCEEDED else "socks_fail"
     if status is None:
         return "none"
+    if 0 <= status < 1000:
+        return _STATUS_CLASSES[status // 100]  # one string each: a cached hash for the key
     return f"{status // 100}xx"
+
+
+_STATUS_CLASSES: Final = tuple(f"{n}xx" for n in range(10))
 
 
 class _FlushFirst:
