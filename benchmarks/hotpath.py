@@ -176,6 +176,8 @@ class Bench:
                 self.exchange()
             await self.gw.flowlog.flush()
             best = min(best, (time.process_time() - start) / requests * 1e6)
+            if self.gw.flowlog.dropped:
+                raise SystemExit("hotpath: the flow log dropped records; use fewer --requests")
         return best
 
 

@@ -278,6 +278,44 @@ def test_a_large_batch_is_encoded_in_slices_that_let_the_event_loop_run(
     assert [line["port"] for line in read_lines(path)] == ports
 
 
+def test_a_flush_cancelled_while_encoding_loses_no_record(tmp_path: Path) -> None:
+    """A shutdown can cancel the periodic flush in the middle of a batch: the records go
+    back to the queue and close() writes them."""
+    path = tmp_path / "flow.jsonl"
+    ports = list(range(1, ENCODE_SLICE * 3 + 1))
+
+    async def body(flow_log: FlowLog) -> None:
+        for port in ports:
+            flow_log.write(make_record(port=port))
+        flushing = asyncio.ensure_future(flow_log.flush())
+        await asyncio.sleep(0)  # inside the batch: one slice encoded
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        flow_log.write(make_record(port=9999))
+
+    flow_log = run_with_log(str(path), body, flush_interval_s=60.0, max_batch=10_000)
+    assert [line["port"] for line in read_lines(path)] == [*ports, 9999]
+    assert flow_log.dropped == 0
+
+
+def test_close_waits_for_a_flush_in_progress(tmp_path: Path) -> None:
+    path = tmp_path / "flow.jsonl"
+    ports = list(range(1, ENCODE_SLICE * 3 + 1))
+
+    async def body(flow_log: FlowLog) -> None:
+        for port in ports:
+            flow_log.write(make_record(port=port))
+        flushing = asyncio.ensure_future(flow_log.flush())
+        await asyncio.sleep(0)  # the flush holds the batch, encoding it
+        await flow_log.close()  # closes the file only after that batch is written
+        await flushing
+
+    flow_log = run_with_log(str(path), body, flush_interval_s=60.0, max_batch=10_000)
+    assert [line["port"] for line in read_lines(path)] == ports
+    assert flow_log.dropped == 0
+
+
 def test_stdout_target_writes_json_lines_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     run_with_log("-", write_records([make_record(), make_record(port=443)]))
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -1498,3 +1498,17 @@ def test_status_lines_are_remembered_only_when_short_and_within_a_bound() -> Non
     for n in range(1000):  # a vendor inventing reasons cannot grow the table
         status_line(200, b"reason %d" % n)
     assert len(http1._STATUS_LINES) <= http1._STATUS_LINES_MAX
+
+
+def test_a_released_parser_refuses_what_would_need_llhttp() -> None:
+    """release() ends the connection's parser (it drops llhttp's, which held its
+    callbacks): a chunked head fed afterwards is an error, never a fresh llhttp parser."""
+    parser = RequestParser()
+    assert [type(e) for e in parser.feed(GET)] == [RequestHead, EndOfMessage]
+    parser.release()
+    with pytest.raises(RuntimeError, match="after release"):
+        parser.feed(CHUNKED_POST_HEAD)
+    response = ResponseParser()
+    response.release()
+    with pytest.raises(RuntimeError, match="after release"):
+        response.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")

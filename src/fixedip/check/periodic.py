@@ -129,20 +129,23 @@ async def _read(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     parser = ResponseParser(max_head_bytes=MAX_HEAD_BYTES)
     parser.expect("GET")
     status, body = 0, b""
-    while True:
-        data = await reader.read(READ_CHUNK_BYTES)
-        events = parser.feed(data) if data else parser.feed_eof()
-        for event in events:
-            if isinstance(event, ResponseHead) and event.status >= 200:
-                status = event.status
-            elif isinstance(event, Body):
-                body += event.data
-                if len(body) > MAX_BODY_BYTES:
-                    raise ValueError(f"the answer is longer than {MAX_BODY_BYTES} bytes")
-            elif isinstance(event, EndOfMessage) and status:
-                return status, body
-        if not data:
-            raise ConnectionError("the server closed before the answer was complete")
+    try:
+        while True:
+            data = await reader.read(READ_CHUNK_BYTES)
+            events = parser.feed(data) if data else parser.feed_eof()
+            for event in events:
+                if isinstance(event, ResponseHead) and event.status >= 200:
+                    status = event.status
+                elif isinstance(event, Body):
+                    body += event.data
+                    if len(body) > MAX_BODY_BYTES:
+                        raise ValueError(f"the answer is longer than {MAX_BODY_BYTES} bytes")
+                elif isinstance(event, EndOfMessage) and status:
+                    return status, body
+            if not data:
+                raise ConnectionError("the server closed before the answer was complete")
+    finally:
+        parser.release()
 
 
 class CheckMetrics:

@@ -29,6 +29,9 @@ class _Echo(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.parser.release()
+
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
         try:

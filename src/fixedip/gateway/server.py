@@ -85,6 +85,9 @@ class Gateway:
         self.echo: asyncio.Server | None = None
         self.tls: TlsListener | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Flow logs replaced by a reload, still writing what they hold: close() waits for
+        # them rather than cancelling them, so no record they hold is lost.
+        self._closing_logs: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
         self._canary_tasks: set[asyncio.Task[None]] = set()
         self._dropped_reported = 0
@@ -382,6 +385,8 @@ class Gateway:
             self.checks.close()
         self.upstreams.close_all()
         self.save_health()
+        for closing in list(self._closing_logs):
+            await closing
         await self.flowlog.close()
         self._stopped.set()
 
@@ -433,7 +438,9 @@ class Gateway:
         logging.getLogger("fixedip").setLevel(config.log.level.upper())
         if flowlog is not None:
             previous_log, self.flowlog = self.flowlog, flowlog
-            self._tasks.append(self.loop.create_task(previous_log.close()))
+            closing = self.loop.create_task(previous_log.close())
+            self._closing_logs.add(closing)
+            closing.add_done_callback(self._closing_logs.discard)
         else:
             try:
                 self.flowlog.reopen()  # lets logrotate move the file and SIGHUP us

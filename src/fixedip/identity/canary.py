@@ -281,13 +281,16 @@ async def _read_status(reader: asyncio.StreamReader, method: str) -> int:
     parser = ResponseParser(max_head_bytes=MAX_HEAD_BYTES)
     parser.expect(method)
     seen = 0
-    while True:
-        data = await reader.read(READ_CHUNK_BYTES)
-        if not data:
-            raise ConnectionError("the server closed before sending a response head")
-        seen += len(data)
-        for event in parser.feed(data):
-            if isinstance(event, ResponseHead) and event.status >= 200:
-                return event.status
-        if seen > MAX_HEAD_BYTES:
-            raise ProtocolError(502, f"no response head within {MAX_HEAD_BYTES} bytes")
+    try:
+        while True:
+            data = await reader.read(READ_CHUNK_BYTES)
+            if not data:
+                raise ConnectionError("the server closed before sending a response head")
+            seen += len(data)
+            for event in parser.feed(data):
+                if isinstance(event, ResponseHead) and event.status >= 200:
+                    return event.status
+            if seen > MAX_HEAD_BYTES:
+                raise ProtocolError(502, f"no response head within {MAX_HEAD_BYTES} bytes")
+    finally:
+        parser.release()

@@ -350,11 +350,22 @@ class FlowLog:
         if self._flush_lock is None:
             raise RuntimeError("FlowLog.start() must be called before flush()")
         async with self._flush_lock:
-            batch, self._pending = self._pending, []
-            if batch:
-                lines = await self._encode(batch)
-                lost = await asyncio.to_thread(self._write_batch, lines)
-                self._dropped += lost + len(batch) - len(lines)
+            await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        """Encode and write what is pending; the caller holds `_flush_lock`."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            lines = await self._encode(batch)
+        except BaseException:
+            # Cancelled while encoding (a shutdown): the records go back in front of
+            # those written since, for close() or the next flush, instead of vanishing.
+            self._pending[:0] = batch
+            raise
+        lost = await asyncio.to_thread(self._write_batch, lines)
+        self._dropped += lost + len(batch) - len(lines)
 
     async def _encode(self, batch: list[FlowRecord]) -> list[str]:
         """The records as JSON lines, encoded on the event loop a slice at a time: a
@@ -384,11 +395,14 @@ class FlowLog:
             self._wake.set()
             await self._task
             self._task = None
-        await self.flush()
-        with self._fd_lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+        if self._flush_lock is None:
+            return
+        async with self._flush_lock:  # after any flush still encoding or writing
+            await self._write_pending()
+            with self._fd_lock:
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
 
     def reopen(self) -> None:
         """Reopen the path (after logrotate moved the file); no-op for stdout or off.

@@ -391,6 +391,7 @@ class _Parser:
         # llhttp's parser, made when a message first needs it: heads the one-pass parser
         # takes never do, and a connection that never makes one leaves no cycle behind.
         self._parser: Any = None
+        self._released = False
 
     @property
     def at_boundary(self) -> bool:
@@ -405,6 +406,10 @@ class _Parser:
         """The connection is gone: drop llhttp's parser. It holds this object's callbacks
         and this object holds it, a cycle only the garbage collector would free."""
         self._parser = None
+        self._released = True
+
+    def _llhttp_gone(self) -> NoReturn:
+        raise RuntimeError("feed() after release(): the connection has ended")
 
     def whole_taken(self) -> None:
         """A whole message was parsed outside this parser (whole_request/whole_response):
@@ -712,6 +717,8 @@ class RequestParser(_Parser):
         forwarded, so parsing goes on with the next request.
         """
         if self._parser is None:
+            if self._released:
+                self._llhttp_gone()
             self._parser = httptools.HttpRequestParser(self)
         while True:
             try:
@@ -801,6 +808,8 @@ class ResponseParser(_Parser):
                 self._quiet_bytes = 0
                 return self._take()
         if self._parser is None:
+            if self._released:
+                self._llhttp_gone()
             self._parser = httptools.HttpResponseParser(self)
         try:
             self._feed_llhttp(self._parser, data, start)
