@@ -278,6 +278,16 @@ def test_a_large_batch_is_encoded_in_slices_that_let_the_event_loop_run(
     assert [line["port"] for line in read_lines(path)] == ports
 
 
+async def flush_in_progress(flow_log: FlowLog, ports: list[int]) -> asyncio.Future[None]:
+    """Records for `ports` written and a flush started that holds them, one slice of
+    them encoded (the batch spans several slices)."""
+    for port in ports:
+        flow_log.write(make_record(port=port))
+    flushing = asyncio.ensure_future(flow_log.flush())
+    await asyncio.sleep(0)
+    return flushing
+
+
 def test_a_flush_cancelled_while_encoding_loses_no_record(tmp_path: Path) -> None:
     """A shutdown can cancel the periodic flush in the middle of a batch: the records go
     back to the queue and close() writes them."""
@@ -285,10 +295,7 @@ def test_a_flush_cancelled_while_encoding_loses_no_record(tmp_path: Path) -> Non
     ports = list(range(1, ENCODE_SLICE * 3 + 1))
 
     async def body(flow_log: FlowLog) -> None:
-        for port in ports:
-            flow_log.write(make_record(port=port))
-        flushing = asyncio.ensure_future(flow_log.flush())
-        await asyncio.sleep(0)  # inside the batch: one slice encoded
+        flushing = await flush_in_progress(flow_log, ports)
         flushing.cancel()
         with pytest.raises(asyncio.CancelledError):
             await flushing
@@ -304,10 +311,7 @@ def test_close_waits_for_a_flush_in_progress(tmp_path: Path) -> None:
     ports = list(range(1, ENCODE_SLICE * 3 + 1))
 
     async def body(flow_log: FlowLog) -> None:
-        for port in ports:
-            flow_log.write(make_record(port=port))
-        flushing = asyncio.ensure_future(flow_log.flush())
-        await asyncio.sleep(0)  # the flush holds the batch, encoding it
+        flushing = await flush_in_progress(flow_log, ports)
         await flow_log.close()  # closes the file only after that batch is written
         await flushing
 
