@@ -1512,3 +1512,25 @@ def test_a_released_parser_refuses_what_would_need_llhttp() -> None:
     response.release()
     with pytest.raises(RuntimeError, match="after release"):
         response.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+def test_status_lines_seen_are_matched_once_within_a_bound() -> None:
+    from fixedip.proto import http1
+
+    def head(status_line: bytes) -> ResponseHead:
+        parser = ResponseParser()
+        parser.expect("GET")
+        [resp, *_] = parser.feed(status_line + b"\r\nContent-Length: 0\r\n\r\n")
+        assert isinstance(resp, ResponseHead)
+        return resp
+
+    first, again = head(b"HTTP/1.1 404 Not Found"), head(b"HTTP/1.1 404 Not Found")
+    assert (again.status, again.reason, again.version) == (404, b"Not Found", "1.1")
+    assert (first.status, first.reason) == (again.status, again.reason)
+    assert head(b"HTTP/1.0 200 OK").version == "1.0"
+    long_line = b"HTTP/1.1 200 " + b"x" * 300
+    assert head(long_line).reason == b"x" * 300
+    assert long_line not in http1._STATUS_LINES_SEEN
+    for n in range(1000):  # a vendor inventing reasons cannot grow the table
+        head(b"HTTP/1.1 200 reason %d" % n)
+    assert len(http1._STATUS_LINES_SEEN) <= http1._STATUS_LINES_MAX

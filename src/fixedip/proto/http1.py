@@ -881,14 +881,30 @@ def _plain_request(data: bytes, start: int, stop: int) -> RequestHead | None:
 def _plain_response(data: bytes, start: int, stop: int) -> ResponseHead | None:
     """The final response head in `data[start:stop]` if the one-pass parser takes it:
     framed by Content-Length, or a bodiless 204 or 304; else None."""
-    found = _plain_fields(data, start, stop, _STATUS_LINE_RE, 1)
-    if found is None:
+    eol = data.find(b"\r\n", start, stop)
+    if eol < 0:
         return None
-    m, version, (headers, lnames, length, keep_alive) = found
-    status = int(m[2])
+    line = data[start:eol]
+    first: Any = _STATUS_LINES_SEEN.get(line)  # Any: the stored tuple, not a new one
+    if first is None:
+        m = _STATUS_LINE_RE.fullmatch(line)
+        if m is None:
+            return None
+        first = (int(m[2]), m[3], _VERSIONS[m[1]])
+        if len(line) <= _LINE_MAX_BYTES:
+            remember(_STATUS_LINES_SEEN, line, first, _STATUS_LINES_MAX)
+    status, reason, version = first
+    fields = _field_lines(data, eol + 2, stop - 2, version == "1.1")
+    if fields is None:
+        return None
+    headers, lnames, length, keep_alive = fields
     if length is None and status not in (204, 304):
         return None  # close-delimited
-    return ResponseHead(status, m[3], version, headers, keep_alive, False, length, lnames)
+    return ResponseHead(status, reason, version, headers, keep_alive, False, length, lnames)
+
+
+# A vendor's status lines repeat ("HTTP/1.1 200 OK"): each seen is matched once (bounded).
+_STATUS_LINES_SEEN: dict[bytes, tuple[int, bytes, str]] = {}
 
 
 def _plain_fields(
