@@ -885,7 +885,7 @@ def _plain_response(data: bytes, start: int, stop: int) -> ResponseHead | None:
     if eol < 0:
         return None
     line = data[start:eol]
-    first: Any = _STATUS_LINES_SEEN.get(line)  # Any: the stored tuple, not a new one
+    first = _STATUS_LINES_SEEN.get(line)
     if first is None:
         m = _STATUS_LINE_RE.fullmatch(line)
         if m is None:
@@ -904,7 +904,9 @@ def _plain_response(data: bytes, start: int, stop: int) -> ResponseHead | None:
 
 
 # A vendor's status lines repeat ("HTTP/1.1 200 OK"): each seen is matched once (bounded).
-_STATUS_LINES_SEEN: dict[bytes, tuple[int, bytes, str]] = {}
+# (status, reason, version); typed Any, like _LINES, so compiled code hands back the
+# stored tuple instead of building a new one on every hit.
+_STATUS_LINES_SEEN: dict[bytes, Any] = {}
 
 
 def _plain_fields(
