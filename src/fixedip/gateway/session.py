@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from fixedip.bounded import remember
 from fixedip.gateway import splice
@@ -35,7 +35,6 @@ MAX_EARLY_BYTES = 256 * 1024
 
 
 _NO_PEER = ipaddress.IPv4Address(0)
-_ALLOWED: Final = Reason.ALLOWED.value  # an Enum's .value is a Python property
 _PEERS: dict[str, IPAddress] = {}  # a client's address text → its address, bounded
 _PEERS_MAX = 4096
 
@@ -482,7 +481,7 @@ class ClientSession(asyncio.Protocol):
             record.rule = rule
         record.duration_s = time.perf_counter() - self._started
         gw = self.gw
-        if self.tunnel and record.reason == _ALLOWED:
+        if self.tunnel and record.decision == "allow":
             gw.metrics.tunnel_closed()
         gw.flowlog.write(record)
         gw.metrics.observe_flow(record)

@@ -17,6 +17,7 @@ import ipaddress
 import re
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
@@ -408,8 +409,13 @@ class _Parser:
         self._parser = None
         self._released = True
 
-    def _llhttp_gone(self) -> NoReturn:
-        raise RuntimeError("feed() after release(): the connection has ended")
+    def _llhttp(self, make: Callable[[Any], Any]) -> Any:
+        """llhttp's parser for this connection, made by `make` on first use."""
+        if self._parser is None:
+            if self._released:
+                raise RuntimeError("feed() after release(): the connection has ended")
+            self._parser = make(self)
+        return self._parser
 
     def whole_taken(self) -> None:
         """A whole message was parsed outside this parser (whole_request/whole_response):
@@ -716,13 +722,10 @@ class RequestParser(_Parser):
         upgrade). Only CONNECT hands the connection over: Upgrade is hop-by-hop and never
         forwarded, so parsing goes on with the next request.
         """
-        if self._parser is None:
-            if self._released:
-                self._llhttp_gone()
-            self._parser = httptools.HttpRequestParser(self)
+        parser = self._llhttp(httptools.HttpRequestParser)
         while True:
             try:
-                self._feed_llhttp(self._parser, data, start)
+                self._feed_llhttp(parser, data, start)
                 return None
             except httptools.HttpParserUpgrade as upgrade:
                 start = upgrade.args[0]
@@ -807,12 +810,8 @@ class ResponseParser(_Parser):
             if start == len(data) and self._events:
                 self._quiet_bytes = 0
                 return self._take()
-        if self._parser is None:
-            if self._released:
-                self._llhttp_gone()
-            self._parser = httptools.HttpResponseParser(self)
         try:
-            self._feed_llhttp(self._parser, data, start)
+            self._feed_llhttp(self._llhttp(httptools.HttpResponseParser), data, start)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadDone) or self._done_early:
                 self._parser = None  # the next response gets a fresh one
@@ -871,10 +870,15 @@ def whole_response(data: bytes, max_head: int) -> tuple[ResponseHead, int] | Non
 def _plain_request(data: bytes, start: int, stop: int) -> RequestHead | None:
     """The request head in `data[start:stop]` (CRLF CRLF included) if the one-pass
     parser takes it (see _Parser._fast_messages), else None."""
-    found = _plain_fields(data, start, stop, _REQUEST_LINE_RE, 3)
-    if found is None:
+    eol = data.find(b"\r\n", start, stop)
+    m = _REQUEST_LINE_RE.fullmatch(data, start, eol) if eol >= 0 else None
+    if m is None:
         return None
-    m, version, (headers, lnames, length, keep_alive) = found
+    version = _VERSIONS[m[3]]
+    fields = _field_lines(data, eol + 2, stop - 2, version == "1.1")
+    if fields is None:
+        return None
+    headers, lnames, length, keep_alive = fields
     return RequestHead(_METHODS[m[1]], m[2], version, headers, keep_alive, False, length, lnames)
 
 
@@ -907,20 +911,6 @@ def _plain_response(data: bytes, start: int, stop: int) -> ResponseHead | None:
 # (status, reason, version); typed Any, like _LINES, so compiled code hands back the
 # stored tuple instead of building a new one on every hit.
 _STATUS_LINES_SEEN: dict[bytes, Any] = {}
-
-
-def _plain_fields(
-    data: bytes, start: int, stop: int, first_line: re.Pattern[bytes], version_group: int
-) -> tuple[re.Match[bytes], str, _Fields] | None:
-    """The head in `data[start:stop]` (CRLF CRLF included): its first line matched by
-    `first_line`, the HTTP version and the fields; None where llhttp must judge."""
-    eol = data.find(b"\r\n", start, stop)
-    m = first_line.fullmatch(data, start, eol) if eol >= 0 else None
-    if m is None:
-        return None
-    version = _VERSIONS[m[version_group]]
-    fields = _field_lines(data, eol + 2, stop - 2, version == "1.1")
-    return None if fields is None else (m, version, fields)
 
 
 class _HeadDone(Exception):
