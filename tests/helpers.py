@@ -244,6 +244,25 @@ def content_length(head: bytes) -> int:
     return 0
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response (head, then a Content-Length body), however the gateway's
+    writes were split into segments; what arrived so far if the peer closes first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = content_length(head)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 # --- the stub vendor ------------------------------------------------------------------
 
 

@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.helpers import ALLOWED_EGRESS, TOKENS, RunningGateway, VendorServer, basic
+from tests.helpers import (
+    ALLOWED_EGRESS,
+    TOKENS,
+    RunningGateway,
+    VendorServer,
+    basic,
+    read_response,
+)
 
 
 class GatewayPKI:
@@ -155,27 +162,6 @@ def forward_get(sock: socket.socket, url: str, user: str = "billing") -> bytes:
         f"Proxy-Authorization: {basic(user, TOKENS[user])}\r\n\r\n".encode()
     )
     return read_response(sock)
-
-
-def read_response(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return head + b"\r\n\r\n" + body
 
 
 def expired(days: int = 1) -> dict[str, datetime.datetime]:

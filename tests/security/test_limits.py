@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import TOKENS, RunningGateway, VendorServer, basic, token_hash, url_of
+from tests.helpers import (
+    TOKENS,
+    RunningGateway,
+    VendorServer,
+    basic,
+    read_response,
+    token_hash,
+    url_of,
+)
 from tests.serve import client, serve_config
 
 AUTH = f"Proxy-Authorization: {basic('billing', TOKENS['billing'])}\r\n"
@@ -218,7 +226,7 @@ def test_an_infinite_idle_timeout_never_closes_and_never_fails(
     with socket.create_connection(gw.http, timeout=5) as s:
         for _ in range(2):
             s.sendall(request.encode())
-            assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+            assert read_response(s).startswith(b"HTTP/1.1 200 ")
         assert not closed_by_peer(s, timeout=0.3)
 
 
