@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from fixedip.bounded import remember
@@ -481,21 +482,22 @@ class HttpProxySession(ClientSession):
         up.parser.expect(head.method)
         self.resp_head_method = head.method
         forward = self.forwarding(target)
-        headers = http1.end_to_end(head.headers, head.lnames, drop=forward.drop, keep=forward.keep)
-        headers.insert(0, forward.host)
+        after: list[tuple[bytes, bytes]] = []
         if forward.inject is not None:
-            headers.append(forward.inject)
+            after.append(forward.inject)
         if head.chunked:
-            headers.append((b"Transfer-Encoding", b"chunked"))
+            after.append((b"Transfer-Encoding", b"chunked"))
         elif head.content_length is not None:
-            headers.append((b"Content-Length", str(head.content_length).encode()))
-        line = b"%s %s HTTP/1.1" % (head.method.encode(), target.path)
-        out = http1.serialize_head(line, headers)
+            after.append(http1.content_length_field(head.content_length))
+        line = http1.request_line(head.method, target.path)
         if whole:
             assert self.record is not None
             self.record.bytes_up += len(whole)
-            out += whole
-        up.write(out)
+        up.write(
+            http1.forward_head(
+                line, head, forward.drop, forward.keep, forward.before, after, whole or b""
+            )
+        )
         if self._writing_paused and up.transport is not None:
             up.transport.pause_reading()
         if whole is not None:
@@ -526,7 +528,7 @@ class HttpProxySession(ClientSession):
                 drop = drop | {inject[0].lower()}  # the function's own is never passed on
         else:
             authority = target.authority if target.port != 80 else target.authority[: -len(":80")]
-        forward = _Forward((b"Host", authority.encode()), drop, policy.keep, inject)
+        forward = _Forward(((b"Host", authority.encode()),), drop, policy.keep, inject)
         if route is None:
             remember(rt.forwards, key, forward, ROUTE_CACHE_MAX)
         return forward
@@ -603,12 +605,10 @@ class HttpProxySession(ClientSession):
         parser.whole_taken()
         self.out = []
         try:
-            self.response_head(resp)
-            if start < len(data):
-                body = data[start:]
-                if self.record is not None:
-                    self.record.bytes_down += len(body)
-                self.out.append(body)
+            body = data[start:]
+            if self.record is not None:
+                self.record.bytes_down += len(body)
+            self.response_head(resp, body)
             self.resp_left = 0
             self.resp_done = True
             self.maybe_complete()
@@ -652,7 +652,8 @@ class HttpProxySession(ClientSession):
                 self.maybe_complete()
                 return
 
-    def response_head(self, resp: ResponseHead) -> None:
+    def response_head(self, resp: ResponseHead, body: bytes = b"") -> None:
+        """The head to the client; `body`, the whole body of a lane response, leaves with it."""
         assert self.head is not None
         if 100 <= resp.status < 200:
             if resp.status == 100 and self.head.version == "1.1":
@@ -667,7 +668,7 @@ class HttpProxySession(ClientSession):
                 self.gw.health.observe(record.egress, record.host, resp.status)
                 if resp.status in (429, 503):
                     self.honour_retry_after(resp, record.egress, record.host)
-        headers = http1.end_to_end(resp.headers, resp.lnames)
+        headers: list[tuple[bytes, bytes]] = []  # after the vendor's end-to-end fields
         bodiless = self.resp_head_method == "HEAD" or resp.status in (204, 304)
         self.resp_chunked = False
         self.resp_left = None
@@ -675,9 +676,9 @@ class HttpProxySession(ClientSession):
         close_delimited = bool(up_parser and up_parser.close_delimited)
         if bodiless:
             if resp.content_length is not None:
-                headers.append((b"Content-Length", str(resp.content_length).encode()))
+                headers.append(http1.content_length_field(resp.content_length))
         elif resp.content_length is not None and not resp.chunked:
-            headers.append((b"Content-Length", str(resp.content_length).encode()))
+            headers.append(http1.content_length_field(resp.content_length))
             self.resp_left = resp.content_length
         elif self.head.version == "1.1":
             headers.append((b"Transfer-Encoding", b"chunked"))
@@ -692,7 +693,7 @@ class HttpProxySession(ClientSession):
         elif self.head.version == "1.0":
             headers.append((b"Connection", b"keep-alive"))
         line = http1.status_line(resp.status, resp.reason)
-        self.transport_write(http1.serialize_head(line, headers))
+        self.transport_write(http1.forward_head(line, resp, after=headers, body=body))
 
     def try_splice_body(self) -> None:
         """The rest of a long response body of known length goes upstream → client in the
@@ -970,9 +971,10 @@ class _Repeat(NamedTuple):
 class _Forward(NamedTuple):
     """What a request to one destination gets on its way: Host is always the target's
     authority (RFC 9112 section 3.2.2), never the client's spelling of it, so the vendor
-    sees one canonical name; the sanitiser's drop and keep sets; a route's credential."""
+    sees one canonical name; the sanitiser's drop and keep sets; a route's credential.
+    `before` holds the Host field, first of the fields forwarded."""
 
-    host: tuple[bytes, bytes]
+    before: Sequence[tuple[bytes, bytes]]
     drop: frozenset[bytes]
     keep: frozenset[bytes] | None
     inject: tuple[bytes, bytes] | None

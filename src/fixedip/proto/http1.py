@@ -17,7 +17,7 @@ import ipaddress
 import re
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
@@ -480,8 +480,8 @@ class _Parser:
         """Parse whole messages at the start of `data` without llhttp; returns where it
         stopped (a partial head, or a message it leaves to llhttp).
 
-        llhttp calls back into Python once per header; a whole head validated by one
-        regular expression and split by a second costs a fraction of that. Only plain
+        llhttp calls back into Python once per header; a whole head taken in one pass
+        (in C, or with regular expressions) costs a fraction of that. Only plain
         heads are taken (see _fast_fields); llhttp, idle at a message boundary whenever
         this runs, parses everything else from where this stopped.
         """
@@ -504,13 +504,15 @@ class _Parser:
                         self._bad_status, f"{self._malformed}: Data after `Connection: close`"
                     )
                 )
-            stop = data.find(b"\r\n\r\n", pos, pos + self.max_head)
-            if stop < 0 or not self._fast_head(data, pos, stop + 4):
+            after = self._fast_head(data, pos, pos + self.max_head)
+            if after < 0:
                 break
-            pos = stop + 4
+            pos = after
         return pos
 
-    def _fast_head(self, data: bytes, start: int, stop: int) -> bool:
+    def _fast_head(self, data: bytes, pos: int, limit: int) -> int:
+        """Take the head at data[pos], ending before `limit`: where it ends, or -1 for
+        a partial head or one left to llhttp."""
         raise NotImplementedError
 
     def _fast_body(self, keep_alive: bool, length: int | None) -> None:
@@ -627,13 +629,14 @@ class RequestParser(_Parser):
         self._upgraded = False
         self._connect = False
 
-    def _fast_head(self, data: bytes, start: int, stop: int) -> bool:
-        head = _plain_request(data, start, stop)
-        if head is None:
-            return False
+    def _fast_head(self, data: bytes, pos: int, limit: int) -> int:
+        found = _plain_request(data, pos, limit)
+        if found is None:
+            return -1
+        head, end = found
         self._events.append(head)
         self._fast_body(head.keep_alive, head.content_length)
-        return True
+        return end
 
     @property
     def upgraded(self) -> bool:
@@ -747,17 +750,18 @@ class ResponseParser(_Parser):
         self._done_early = False
         self.close_delimited = False
 
-    def _fast_head(self, data: bytes, start: int, stop: int) -> bool:
+    def _fast_head(self, data: bytes, pos: int, limit: int) -> int:
         """Final responses framed by Content-Length, or with no body; interim (1xx),
         chunked and close-delimited ones, and answers to HEAD, go to llhttp."""
-        head = None if self._no_body else _plain_response(data, start, stop)
-        if head is None:
-            return False
+        found = None if self._no_body else _plain_response(data, pos, limit)
+        if found is None:
+            return -1
+        head, end = found
         self.close_delimited = False
         self._events.append(head)
         bodiless = head.status in (204, 304)
         self._fast_body(head.keep_alive, None if bodiless else head.content_length)
-        return True
+        return end
 
     def expect(self, method: str) -> None:
         self._no_body = method == "HEAD"
@@ -848,30 +852,66 @@ def whole_request(data: bytes, max_head: int) -> tuple[RequestHead, int] | None:
     head, as a RequestParser at a message boundary would give it, and where the body
     starts. None for anything else (part of a message, more than one, chunked, Upgrade,
     any head the one-pass parser leaves to llhttp): the parser decides those."""
-    stop = data.find(b"\r\n\r\n", 0, max_head) + 4
-    head = _plain_request(data, 0, stop) if stop >= 4 else None
-    if head is None or len(data) - stop != (head.content_length or 0):
+    found = _plain_request(data, 0, max_head)
+    if found is None or len(data) - found[1] != (found[0].content_length or 0):
         return None
-    return head, stop
+    return found
 
 
 def whole_response(data: bytes, max_head: int) -> tuple[ResponseHead, int] | None:
     """`data` as exactly one final response framed by Content-Length (or a bodiless 204
     or 304), body and all: its head, as a ResponseParser at a message boundary would
     give it for any method but HEAD, and where the body starts. None for anything else."""
-    stop = data.find(b"\r\n\r\n", 0, max_head) + 4
-    head = _plain_response(data, 0, stop) if stop >= 4 else None
-    if head is None:
+    found = _plain_response(data, 0, max_head)
+    if found is None:
         return None
+    head, stop = found
     body = 0 if head.status in (204, 304) else head.content_length
-    return (head, stop) if len(data) - stop == body else None
+    return found if len(data) - stop == body else None
 
 
-def _plain_request(data: bytes, start: int, stop: int) -> RequestHead | None:
-    """The request head in `data[start:stop]` (CRLF CRLF included) if the one-pass
-    parser takes it (see _Parser._fast_messages), else None."""
+def _plain_request(data: bytes, pos: int, limit: int) -> tuple[RequestHead, int] | None:
+    """The request head at data[pos], ending in the first CRLF CRLF before `limit`, and
+    where it ends, if the one-pass parser takes it (see _Parser._fast_messages); None for
+    a partial head or one left to llhttp."""
+    parts = _parse_request(data, pos, limit)
+    if parts is None:
+        return None
+    method, target, version, headers, lnames, length, keep_alive, end = parts
+    head = RequestHead(method, target, version, headers, keep_alive, False, length, lnames)
+    return head, end
+
+
+def _plain_response(data: bytes, pos: int, limit: int) -> tuple[ResponseHead, int] | None:
+    """The final response head at data[pos] and where it ends, if the one-pass parser
+    takes it: framed by Content-Length, or a bodiless 204 or 304; else None."""
+    parts = _parse_response(data, pos, limit)
+    if parts is None:
+        return None
+    status, reason, version, headers, lnames, length, keep_alive, end = parts
+    head = ResponseHead(status, reason, version, headers, keep_alive, False, length, lnames)
+    return head, end
+
+
+# What the one-pass parser makes of a head, before it becomes a RequestHead or a
+# ResponseHead: (method or status, target or reason, version, headers, lowercase names,
+# Content-Length, keep-alive, where the head ends).
+_RequestParts = tuple[
+    str, bytes, str, list[tuple[bytes, bytes]], list[bytes], int | None, bool, int
+]
+_ResponseParts = tuple[
+    int, bytes, str, list[tuple[bytes, bytes]], list[bytes], int | None, bool, int
+]
+
+
+def _parse_request_py(data: bytes, pos: int, limit: int) -> _RequestParts | None:
+    """_heads.parse_request in Python (see _parse_request below)."""
+    blank = data.find(b"\r\n\r\n", pos, limit)
+    if blank < 0:
+        return None
+    start, stop = pos, blank + 4
     eol = data.find(b"\r\n", start, stop)
-    m = _REQUEST_LINE_RE.fullmatch(data, start, eol) if eol >= 0 else None
+    m = _REQUEST_LINE_RE.fullmatch(data, start, eol)
     if m is None:
         return None
     version = _VERSIONS[m[3]]
@@ -879,15 +919,16 @@ def _plain_request(data: bytes, start: int, stop: int) -> RequestHead | None:
     if fields is None:
         return None
     headers, lnames, length, keep_alive = fields
-    return RequestHead(_METHODS[m[1]], m[2], version, headers, keep_alive, False, length, lnames)
+    return _METHODS[m[1]], m[2], version, headers, lnames, length, keep_alive, stop
 
 
-def _plain_response(data: bytes, start: int, stop: int) -> ResponseHead | None:
-    """The final response head in `data[start:stop]` if the one-pass parser takes it:
-    framed by Content-Length, or a bodiless 204 or 304; else None."""
-    eol = data.find(b"\r\n", start, stop)
-    if eol < 0:
+def _parse_response_py(data: bytes, pos: int, limit: int) -> _ResponseParts | None:
+    """_heads.parse_response in Python."""
+    blank = data.find(b"\r\n\r\n", pos, limit)
+    if blank < 0:
         return None
+    start, stop = pos, blank + 4
+    eol = data.find(b"\r\n", start, stop)
     line = data[start:eol]
     first = _STATUS_LINES_SEEN.get(line)
     if first is None:
@@ -904,7 +945,7 @@ def _plain_response(data: bytes, start: int, stop: int) -> ResponseHead | None:
     headers, lnames, length, keep_alive = fields
     if length is None and status not in (204, 304):
         return None  # close-delimited
-    return ResponseHead(status, reason, version, headers, keep_alive, False, length, lnames)
+    return status, reason, version, headers, lnames, length, keep_alive, stop
 
 
 # A vendor's status lines repeat ("HTTP/1.1 200 OK"): each seen is matched once (bounded).
@@ -1108,8 +1149,17 @@ def end_to_end(
     if lnames is None:
         lnames = [k.lower() for k, _ in headers]
     listed = connection_tokens(headers, lnames)
-    # Which positions survive depends only on the names and the sets: the same client
-    # and vendor send the same names request after request.
+    return [headers[i] for i in _kept(lnames, listed, drop, keep)]
+
+
+def _kept(
+    lnames: list[bytes],
+    listed: frozenset[bytes],
+    drop: frozenset[bytes],
+    keep: frozenset[bytes] | None,
+) -> tuple[int, ...]:
+    """The positions end_to_end keeps. They depend only on the names and the sets: the
+    same client and vendor send the same names request after request."""
     key = (tuple(lnames), listed, drop, keep)
     kept = _E2E_MEMO.get(key)
     if kept is None:
@@ -1126,7 +1176,7 @@ def end_to_end(
             )
         )
         remember(_E2E_MEMO, key, kept, _E2E_MEMO_SIZE)
-    return [headers[i] for i in kept]
+    return kept
 
 
 _E2E_MEMO: dict[
@@ -1134,6 +1184,37 @@ _E2E_MEMO: dict[
     tuple[int, ...],
 ] = {}
 _E2E_MEMO_SIZE: Final = 4096
+
+
+def forward_head(
+    first_line: bytes,
+    head: _Head,
+    drop: frozenset[bytes] = _NOTHING,
+    keep: frozenset[bytes] | None = None,
+    before: Sequence[tuple[bytes, bytes]] = (),
+    after: Sequence[tuple[bytes, bytes]] = (),
+    body: bytes = b"",
+) -> bytes:
+    """`head` as it leaves the gateway, in one bytes object: `first_line`, the fields in
+    `before`, the end-to-end fields of `head` (see end_to_end), the fields in `after`,
+    the blank line, then `body`."""
+    return _forward_head(first_line, head.headers, head.lnames, drop, keep, before, after, body)
+
+
+def _forward_head_py(
+    first_line: bytes,
+    headers: list[tuple[bytes, bytes]],
+    lnames: list[bytes],
+    drop: frozenset[bytes],
+    keep: frozenset[bytes] | None,
+    before: Sequence[tuple[bytes, bytes]],
+    after: Sequence[tuple[bytes, bytes]],
+    body: bytes,
+) -> bytes:
+    """_heads.forward_head in Python."""
+    listed = connection_tokens(headers, lnames)
+    fields = [*before, *(headers[i] for i in _kept(lnames, listed, drop, keep)), *after]
+    return serialize_head(first_line, fields) + body
 
 
 def status_line(status: int, reason: bytes) -> bytes:
@@ -1151,6 +1232,32 @@ def status_line(status: int, reason: bytes) -> bytes:
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 _STATUS_LINES_MAX: Final = 256
 _STATUS_REASON_MEMO: Final = 64
+
+
+def request_line(method: str, path: bytes) -> bytes:
+    """`GET /path HTTP/1.1`, as forwarded."""
+    prefix = _METHOD_PREFIXES.get(method)
+    if prefix is None:
+        prefix = method.encode() + b" "
+    return prefix + path + b" HTTP/1.1"
+
+
+_METHOD_PREFIXES: Final = {m: m.encode() + b" " for m in _METHODS.values()}
+
+
+def content_length_field(length: int) -> Any:
+    """The field `Content-Length: <length>`, a (bytes, bytes) tuple; bodies of the same
+    size repeat, so each is made once (bounded). Typed Any, like _LINES, so that compiled
+    code hands back the stored tuple rather than a new one."""
+    field = _LENGTH_FIELDS.get(length)
+    if field is None:
+        field = (b"Content-Length", b"%d" % length)
+        remember(_LENGTH_FIELDS, length, field, _LENGTH_FIELDS_MAX)
+    return field
+
+
+_LENGTH_FIELDS: dict[int, Any] = {}
+_LENGTH_FIELDS_MAX: Final = 1024
 
 
 def serialize_head(first_line: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -1207,3 +1314,40 @@ def simple_response(
     if close:
         headers.append((b"Connection", b"close"))
     return serialize_head(b"HTTP/1.1 %d %s" % (status, reason), headers) + body
+
+
+# The one-pass parser and the serialiser in C (fixedip/proto/_heads.c), built by
+# scripts/compile beside the compiled hot path; without a C compiler, the same functions
+# in Python above. tests/proto/test_heads_c.py checks that both give the same answers.
+_parse_request: Callable[[bytes, int, int], _RequestParts | None] = _parse_request_py
+_parse_response: Callable[[bytes, int, int], _ResponseParts | None] = _parse_response_py
+_forward_head: Callable[
+    [
+        bytes,
+        list[tuple[bytes, bytes]],
+        list[bytes],
+        frozenset[bytes],
+        frozenset[bytes] | None,
+        Sequence[tuple[bytes, bytes]],
+        Sequence[tuple[bytes, bytes]],
+        bytes,
+    ],
+    bytes,
+] = _forward_head_py
+HEADS_IN_C = False
+try:
+    from fixedip.proto import _heads
+except ImportError:
+    pass
+else:
+    _parse_request = _heads.parse_request
+    _parse_response = _heads.parse_response
+    _forward_head = _heads.forward_head
+    HEADS_IN_C = True
+
+
+def remembered_lines() -> tuple[list[bytes], list[bytes]]:
+    """The field lines and status lines the one-pass parser remembers now (for tests)."""
+    if HEADS_IN_C:
+        return _heads.remembered()
+    return list(_LINES), list(_STATUS_LINES_SEEN)
