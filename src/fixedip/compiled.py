@@ -30,6 +30,7 @@ HOT_MODULES = (
     "fixedip.ingress.observe",
     "fixedip.policy.auth",
     "fixedip.identity.pool",
+    "fixedip.identity.health",
 )
 # Hand-written C for what measurement showed compiled Python still spends most on (the
 # HTTP head path); built by the same script, each from the .c file of its name. Every

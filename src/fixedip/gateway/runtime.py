@@ -86,7 +86,8 @@ class Dialed:
 
 
 def _family(address: IPAddress) -> int:
-    return socket.AF_INET if address.version == 4 else socket.AF_INET6
+    # isinstance, not `.version`: that is a Python property, interpreted on every request
+    return socket.AF_INET if isinstance(address, ipaddress.IPv4Address) else socket.AF_INET6
 
 
 class Runtime:
