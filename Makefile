@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-dev compile run test lint fmt fuzz bench bench-import clean
+.PHONY: install install-dev compile run test sanitize lint fmt fuzz bench bench-import clean
 
 # The venv and the package with its server extra; re-runs only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -37,11 +37,17 @@ run: install compile
 
 # The suite runs inside a fresh network namespace that holds only loopback
 # (scripts/isolated: `unshare --net`, then `ip link set lo up`), so a test that expects a
-# refusal can never put a packet on a real network (see docs/testing.md).
-# A build that fails stops the tests and the benchmarks (make run goes on in pure Python).
+# refusal can never put a packet on a real network (see docs/testing.md). Then the tests
+# of the hand-written C run again against a build with AddressSanitizer and UBSan
+# (scripts/sanitize). A build that fails stops the tests and the benchmarks (make run
+# goes on in pure Python).
 test bench: COMPILE_STRICT := --strict
 test: install-dev lint compile .venv-checkov/.installed
 	scripts/isolated $(BIN)/pytest -n 2 $(PYTEST_ARGS)
+	$(if $(PYTEST_ARGS),,scripts/sanitize -n 2)
+
+sanitize: install-dev compile
+	scripts/sanitize -n 2
 
 # checkov (for the Terraform that `fixedip render` writes) in a venv of its own: it pins
 # its own boto3 and ships a second `hcl2` module. tests/render runs it with --skip-download.

@@ -183,7 +183,7 @@ def windows(draw: st.DrawFn, messages: st.SearchStrategy[bytes]) -> tuple[bytes,
     prefix = draw(st.sampled_from([b"", b"x", b"\r\n", b"GET / HTTP/1.1\r\n\r\n"]))
     data = prefix + draw(messages)
     pos = draw(st.sampled_from([0, len(prefix), len(prefix) + 1, len(data), len(data) + 3]))
-    limit = pos + draw(st.sampled_from([0, 3, 4, 20, 40, len(data), 65536]))
+    limit = pos + draw(st.sampled_from([0, 3, 4, 20, 40, len(data), 65536, 2**70]))
     return data, pos, limit
 
 
@@ -224,6 +224,9 @@ FORWARD_NAMES = st.sampled_from(
         b"Upgrade",
         b"Proxy-Authorization",
         b"Proxy-Foo",
+        b"Proxy-A",  # every length of Proxy-* name: a C switch on length once let two through
+        b"Proxy-User",
+        b"Proxy-Authenticate",
         b"Proxy",
         b"Proxyish",
         b"X-Api-Key",
@@ -315,7 +318,12 @@ def test_the_c_functions_refuse_what_is_not_theirs_with_errors_not_crashes() -> 
         _heads.parse_response(b"", 0)  # type: ignore[call-arg]
     with pytest.raises(ValueError):
         _heads.parse_request(b"GET / HTTP/1.1\r\n\r\n", -1, 99)
+    with pytest.raises(ValueError):
+        _heads.parse_response(b"HTTP/1.1 204 -\r\n\r\n", 0, -1)
     assert _heads.parse_request(b"GET / HTTP/1.1\r\n\r\n", 50, 99) is None
+    assert _heads.parse_request(b"GET / HTTP/1.1\r\n\r\n", 0, 2**70) is not None
+    with pytest.raises(TypeError):  # only exact types: nothing of the caller's runs inside
+        _heads.forward_head(b"x", [], [], set(), None, (), (), b"")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         _heads.forward_head(b"x", [(b"a",)], [b"a"], frozenset(), None, (), (), b"")  # type: ignore[list-item]
     with pytest.raises(TypeError):

@@ -129,6 +129,12 @@ find_known(const char *lower, Py_ssize_t n)
     return NULL;
 }
 
+#if PY_VERSION_HEX >= 0x030E0000
+#define HASH_BYTES(p, n) Py_HashBuffer((p), (n))
+#else
+#define HASH_BYTES(p, n) _Py_HashBytes((p), (n))
+#endif
+
 /* memo tables: a line's bytes to what it parsed into ------------------------------------ */
 /* Open addressing with twice as many slots as entries, hashed with Python's keyed hash of
  * bytes (SipHash, seeded per process), so chosen lines cannot be made to collide. A full
@@ -360,7 +366,7 @@ field_line(const char *line, const char *eol)
     Py_ssize_t n = eol - line;
     Py_hash_t h = -1;
     if (n <= LINE_MAX_BYTES) {
-        h = _Py_HashBytes(line, n);
+        h = HASH_BYTES(line, n);
         PyObject *seen = memo_get(&field_memo, line, n, h);
         if (seen != NULL)
             return Py_NewRef(seen);
@@ -399,8 +405,9 @@ parse_fields(const char *p, const char *e, int http11, fields_t *out)
         q = r + 2;
     }
     starts[count] = e + 2; /* where a line after the last would start */
-    PyObject *headers = PyList_New(count), *lnames = PyList_New(count);
-    if (headers == NULL || lnames == NULL)
+    PyObject *headers = PyList_New(count);
+    PyObject *lnames = headers ? PyList_New(count) : NULL;
+    if (lnames == NULL)
         goto error;
     Py_ssize_t hosts = 0, cl_at = -1, conn_at = -1, conns = 0, cls_seen = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -492,8 +499,8 @@ head_fields(const char *data, Py_ssize_t eol, Py_ssize_t blank, int http11, fiel
         return parse_fields(data + eol + 2, data + blank, http11, out);
     }
     out->headers = PyList_New(0);
-    out->lnames = PyList_New(0);
-    if (out->headers == NULL || out->lnames == NULL) {
+    out->lnames = out->headers ? PyList_New(0) : NULL;
+    if (out->lnames == NULL) {
         Py_XDECREF(out->headers);
         Py_XDECREF(out->lnames);
         return -1;
@@ -547,16 +554,26 @@ head_args(const char *fn, PyObject *const *args, Py_ssize_t nargs, PyObject **da
         return -1;
     }
     *data = args[0];
-    *pos = PyLong_AsSsize_t(args[1]);
-    *end = PyLong_AsSsize_t(args[2]);
-    if ((*pos == -1 || *end == -1) && PyErr_Occurred())
+    Py_ssize_t size = PyBytes_GET_SIZE(*data);
+    int overflow;
+    long long pos_ = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    if (pos_ == -1 && PyErr_Occurred())
         return -1;
-    if (*pos < 0) {
-        PyErr_SetString(PyExc_ValueError, "pos must not be negative");
+    long long end_ = PyLong_AsLongLongAndOverflow(args[2], &overflow);
+    if (end_ == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0)
+        end_ = size;
+    if (pos_ < 0 || end_ < 0 || overflow < 0) {
+        PyErr_SetString(PyExc_ValueError, "pos and limit must not be negative");
         return -1;
     }
-    if (*end > PyBytes_GET_SIZE(*data))
-        *end = PyBytes_GET_SIZE(*data);
+    /* as bytes.find(b"\r\n\r\n", pos, limit) reads them: limit clipped to the end,
+     * nothing found from a pos past it */
+    *pos = pos_ > size ? size : (Py_ssize_t)pos_;
+    *end = end_ > size ? size : (Py_ssize_t)end_;
+    if (*end < *pos)
+        *end = *pos;
     return 0;
 }
 
@@ -689,7 +706,7 @@ parse_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_hash_t h = -1;
     PyObject *first = NULL;
     if (n <= LINE_MAX_BYTES) {
-        h = _Py_HashBytes(data + pos, n);
+        h = HASH_BYTES(data + pos, n);
         first = memo_get(&status_memo, data + pos, n, h);
     }
     if (first != NULL)
@@ -737,9 +754,13 @@ always_dropped(const char *n, Py_ssize_t len)
     case 5:
         return memcmp(n, "proxy", 5) == 0;
     case 7:
-        return memcmp(n, "trailer", 7) == 0 || memcmp(n, "upgrade", 7) == 0;
+        if (memcmp(n, "trailer", 7) == 0 || memcmp(n, "upgrade", 7) == 0)
+            return 1;
+        break;
     case 10:
-        return memcmp(n, "connection", 10) == 0 || memcmp(n, "keep-alive", 10) == 0;
+        if (memcmp(n, "connection", 10) == 0 || memcmp(n, "keep-alive", 10) == 0)
+            return 1;
+        break;
     case 14:
         if (memcmp(n, "content-length", 14) == 0)
             return 1;
@@ -805,6 +826,9 @@ listed_names(PyObject *headers, PyObject *lnames, span_t *small, Py_ssize_t nsma
                 if (count == cap) {
                     span_t *grown = PyMem_Malloc(sizeof(span_t) * (size_t)cap * 2);
                     if (grown == NULL) {
+                        if (*spans != small)
+                            PyMem_Free(*spans);
+                        *spans = small;
                         PyErr_NoMemory();
                         return -1;
                     }
@@ -830,7 +854,8 @@ static int
 check_field(PyObject *field)
 {
     if (!PyTuple_CheckExact(field) || PyTuple_GET_SIZE(field) != 2 ||
-        !PyBytes_Check(PyTuple_GET_ITEM(field, 0)) || !PyBytes_Check(PyTuple_GET_ITEM(field, 1))) {
+        !PyBytes_CheckExact(PyTuple_GET_ITEM(field, 0)) ||
+        !PyBytes_CheckExact(PyTuple_GET_ITEM(field, 1))) {
         PyErr_SetString(PyExc_TypeError, "a header is a (bytes, bytes) tuple");
         return -1;
     }
@@ -869,7 +894,7 @@ forward_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *line = args[0], *headers = args[1], *lnames = args[2], *drop = args[3],
              *keep = args[4], *before = args[5], *after = args[6], *body = args[7];
     if (!PyBytes_Check(line) || !PyList_Check(headers) || !PyList_Check(lnames) ||
-        !PyAnySet_Check(drop) || (keep != Py_None && !PyAnySet_Check(keep)) ||
+        !PyFrozenSet_CheckExact(drop) || (keep != Py_None && !PyFrozenSet_CheckExact(keep)) ||
         !(PyList_Check(before) || PyTuple_Check(before)) ||
         !(PyList_Check(after) || PyTuple_Check(after)) || !PyBytes_Check(body)) {
         PyErr_SetString(PyExc_TypeError,
@@ -885,7 +910,9 @@ forward_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     for (Py_ssize_t i = 0; i < n; i++) {
         if (check_field(PyList_GET_ITEM(headers, i)) < 0)
             return NULL;
-        if (!PyBytes_Check(PyList_GET_ITEM(lnames, i))) {
+        /* exact types: a subclass's __hash__ or __eq__ could change the lists while
+         * PySet_Contains runs, under the pointers taken here */
+        if (!PyBytes_CheckExact(PyList_GET_ITEM(lnames, i))) {
             PyErr_SetString(PyExc_TypeError, "a lowercase name is bytes");
             return NULL;
         }
@@ -1012,8 +1039,9 @@ PyMODINIT_FUNC
 PyInit__heads(void)
 {
     init_classes();
-    if (field_memo.slots == NULL &&
-        (memo_init(&field_memo, LINES_MAX) < 0 || memo_init(&status_memo, STATUS_LINES_MAX) < 0))
+    if (field_memo.slots == NULL && memo_init(&field_memo, LINES_MAX) < 0)
+        return NULL;
+    if (status_memo.slots == NULL && memo_init(&status_memo, STATUS_LINES_MAX) < 0)
         return NULL;
     for (size_t i = 0; i < N_KNOWN; i++) {
         if (known[i].obj == NULL &&
