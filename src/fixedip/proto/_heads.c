@@ -542,39 +542,43 @@ find_crlf(const char *data, Py_ssize_t pos, Py_ssize_t end)
     return -1;
 }
 
-/* The arguments (data, pos, limit) of the two parsers: data is bytes, and the head is
- * sought in data[pos:limit] (limit past the end means the end). 0 on success. */
+/* The arguments (data, pos, limit) of the two parsers, and where the head they ask for
+ * lies: data is bytes, the head starts at data[pos] and its CRLF CRLF (at `*blank`) lies
+ * wholly before `limit`, as bytes.find(b"\r\n\r\n", pos, limit) reads them (limit
+ * clipped to the end); `*eol` is where its first line ends. 1 when found, 0 when there
+ * is no whole head there, -1 on a Python error. */
 static int
-head_args(const char *fn, PyObject *const *args, Py_ssize_t nargs, PyObject **data,
-          Py_ssize_t *pos, Py_ssize_t *end)
+head_bounds(const char *fn, PyObject *const *args, Py_ssize_t nargs, const char **data,
+            Py_ssize_t *pos, Py_ssize_t *blank, Py_ssize_t *eol)
 {
     if (nargs != 3 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1]) ||
         !PyLong_Check(args[2])) {
         PyErr_Format(PyExc_TypeError, "%s(data: bytes, pos: int, limit: int)", fn);
         return -1;
     }
-    *data = args[0];
-    Py_ssize_t size = PyBytes_GET_SIZE(*data);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
     int overflow;
-    long long pos_ = PyLong_AsLongLongAndOverflow(args[1], &overflow);
-    if (pos_ == -1 && PyErr_Occurred())
+    long long start = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    if (start == -1 && PyErr_Occurred())
         return -1;
-    long long end_ = PyLong_AsLongLongAndOverflow(args[2], &overflow);
-    if (end_ == -1 && PyErr_Occurred())
+    long long end = PyLong_AsLongLongAndOverflow(args[2], &overflow);
+    if (end == -1 && PyErr_Occurred())
         return -1;
     if (overflow > 0)
-        end_ = size;
-    if (pos_ < 0 || end_ < 0 || overflow < 0) {
+        end = size;
+    if (start < 0 || end < 0 || overflow < 0) {
         PyErr_SetString(PyExc_ValueError, "pos and limit must not be negative");
         return -1;
     }
-    /* as bytes.find(b"\r\n\r\n", pos, limit) reads them: limit clipped to the end,
-     * nothing found from a pos past it */
-    *pos = pos_ > size ? size : (Py_ssize_t)pos_;
-    *end = end_ > size ? size : (Py_ssize_t)end_;
-    if (*end < *pos)
-        *end = *pos;
-    return 0;
+    if (start > size)
+        return 0;
+    *data = PyBytes_AS_STRING(args[0]);
+    *pos = (Py_ssize_t)start;
+    *blank = find_blank(*data, *pos, end > size ? size : (Py_ssize_t)end);
+    if (*blank < 0)
+        return 0;
+    *eol = find_crlf(*data, *pos, *blank + 2);
+    return 1;
 }
 
 /* (first, second, version, headers, lnames, length, keep_alive, end): steals `second`. */
@@ -606,15 +610,11 @@ head_tuple(PyObject *first, PyObject *second, PyObject *version, fields_t *f, Py
 static PyObject *
 parse_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *obj;
-    Py_ssize_t pos, limit;
-    if (head_args("parse_request", args, nargs, &obj, &pos, &limit) < 0)
-        return NULL;
-    const char *data = PyBytes_AS_STRING(obj);
-    Py_ssize_t blank = find_blank(data, pos, limit);
-    if (blank < 0)
-        Py_RETURN_NONE;
-    Py_ssize_t eol = find_crlf(data, pos, blank + 2);
+    const char *data;
+    Py_ssize_t pos, blank, eol;
+    int found = head_bounds("parse_request", args, nargs, &data, &pos, &blank, &eol);
+    if (found <= 0)
+        return found < 0 ? NULL : Py_NewRef(Py_None);
     const char *p = data + pos, *e = data + eol;
     PyObject *method = NULL;
     for (int i = 0; i < 7; i++) {
@@ -693,15 +693,11 @@ parse_status_line(const char *p, const char *e)
 static PyObject *
 parse_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *obj;
-    Py_ssize_t pos, limit;
-    if (head_args("parse_response", args, nargs, &obj, &pos, &limit) < 0)
-        return NULL;
-    const char *data = PyBytes_AS_STRING(obj);
-    Py_ssize_t blank = find_blank(data, pos, limit);
-    if (blank < 0)
-        Py_RETURN_NONE;
-    Py_ssize_t eol = find_crlf(data, pos, blank + 2);
+    const char *data;
+    Py_ssize_t pos, blank, eol;
+    int found = head_bounds("parse_response", args, nargs, &data, &pos, &blank, &eol);
+    if (found <= 0)
+        return found < 0 ? NULL : Py_NewRef(Py_None);
     Py_ssize_t n = eol - pos;
     Py_hash_t h = -1;
     PyObject *first = NULL;

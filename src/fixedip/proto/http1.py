@@ -904,7 +904,7 @@ _ResponseParts = tuple[
 ]
 
 
-def _parse_request_py(data: bytes, pos: int, limit: int) -> _RequestParts | None:
+def _parse_request_py(data: bytes, pos: int, limit: int, /) -> _RequestParts | None:
     """_heads.parse_request in Python (see _parse_request below)."""
     blank = data.find(b"\r\n\r\n", pos, limit)
     if blank < 0:
@@ -922,7 +922,7 @@ def _parse_request_py(data: bytes, pos: int, limit: int) -> _RequestParts | None
     return _METHODS[m[1]], m[2], version, headers, lnames, length, keep_alive, stop
 
 
-def _parse_response_py(data: bytes, pos: int, limit: int) -> _ResponseParts | None:
+def _parse_response_py(data: bytes, pos: int, limit: int, /) -> _ResponseParts | None:
     """_heads.parse_response in Python."""
     blank = data.find(b"\r\n\r\n", pos, limit)
     if blank < 0:
@@ -1210,6 +1210,7 @@ def _forward_head_py(
     before: Sequence[tuple[bytes, bytes]],
     after: Sequence[tuple[bytes, bytes]],
     body: bytes,
+    /,
 ) -> bytes:
     """_heads.forward_head in Python."""
     listed = connection_tokens(headers, lnames)
@@ -1319,21 +1320,9 @@ def simple_response(
 # The one-pass parser and the serialiser in C (fixedip/proto/_heads.c), built by
 # scripts/compile beside the compiled hot path; without a C compiler, the same functions
 # in Python above. tests/proto/test_heads_c.py checks that both give the same answers.
-_parse_request: Callable[[bytes, int, int], _RequestParts | None] = _parse_request_py
-_parse_response: Callable[[bytes, int, int], _ResponseParts | None] = _parse_response_py
-_forward_head: Callable[
-    [
-        bytes,
-        list[tuple[bytes, bytes]],
-        list[bytes],
-        frozenset[bytes],
-        frozenset[bytes] | None,
-        Sequence[tuple[bytes, bytes]],
-        Sequence[tuple[bytes, bytes]],
-        bytes,
-    ],
-    bytes,
-] = _forward_head_py
+_parse_request = _parse_request_py
+_parse_response = _parse_response_py
+_forward_head = _forward_head_py
 HEADS_IN_C = False
 try:
     from fixedip.proto import _heads
