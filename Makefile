@@ -24,8 +24,7 @@ install-dev: $(VENV)/.installed-dev
 # The hot path compiled with mypyc into C extension modules beside their sources (about
 # half the CPU per request), and the HTTP head path's hand-written C (see scripts/compile).
 # Rebuilt when any source changes, since compiled code assumes the shapes of what it
-# imports. Without gcc and Python's headers
-# it says so and the pure-Python modules run.
+# imports. Without gcc and Python's headers it says so and the pure-Python modules run.
 COMPILED := src/fixedip/.compiled
 $(COMPILED): $(STAMP) $(shell find src/fixedip -name '*.py' -o -name '*.c')
 	scripts/compile $(COMPILE_STRICT)

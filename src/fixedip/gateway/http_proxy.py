@@ -668,7 +668,7 @@ class HttpProxySession(ClientSession):
                 self.gw.health.observe(record.egress, record.host, resp.status)
                 if resp.status in (429, 503):
                     self.honour_retry_after(resp, record.egress, record.host)
-        headers: list[tuple[bytes, bytes]] = []  # after the vendor's end-to-end fields
+        after: list[tuple[bytes, bytes]] = []  # fields after the vendor's end-to-end ones
         bodiless = self.resp_head_method == "HEAD" or resp.status in (204, 304)
         self.resp_chunked = False
         self.resp_left = None
@@ -676,12 +676,12 @@ class HttpProxySession(ClientSession):
         close_delimited = bool(up_parser and up_parser.close_delimited)
         if bodiless:
             if resp.content_length is not None:
-                headers.append(http1.content_length_field(resp.content_length))
+                after.append(http1.content_length_field(resp.content_length))
         elif resp.content_length is not None and not resp.chunked:
-            headers.append(http1.content_length_field(resp.content_length))
+            after.append(http1.content_length_field(resp.content_length))
             self.resp_left = resp.content_length
         elif self.head.version == "1.1":
-            headers.append((b"Transfer-Encoding", b"chunked"))
+            after.append((b"Transfer-Encoding", b"chunked"))
             self.resp_chunked = True
         else:
             self.close_after = True  # HTTP/1.0 client, unknown length: end by closing
@@ -689,11 +689,11 @@ class HttpProxySession(ClientSession):
         if not self.head.keep_alive or self.gw.draining:
             self.close_after = True
         if self.close_after:
-            headers.append((b"Connection", b"close"))
+            after.append((b"Connection", b"close"))
         elif self.head.version == "1.0":
-            headers.append((b"Connection", b"keep-alive"))
+            after.append((b"Connection", b"keep-alive"))
         line = http1.status_line(resp.status, resp.reason)
-        self.transport_write(http1.forward_head(line, resp, after=headers, body=body))
+        self.transport_write(http1.forward_head(line, resp, after=after, body=body))
 
     def try_splice_body(self) -> None:
         """The rest of a long response body of known length goes upstream → client in the

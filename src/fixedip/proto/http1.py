@@ -909,9 +909,9 @@ def _parse_request_py(data: bytes, pos: int, limit: int, /) -> _RequestParts | N
     blank = data.find(b"\r\n\r\n", pos, limit)
     if blank < 0:
         return None
-    start, stop = pos, blank + 4
-    eol = data.find(b"\r\n", start, stop)
-    m = _REQUEST_LINE_RE.fullmatch(data, start, eol)
+    stop = blank + 4
+    eol = data.find(b"\r\n", pos, stop)
+    m = _REQUEST_LINE_RE.fullmatch(data, pos, eol)
     if m is None:
         return None
     version = _VERSIONS[m[3]]
@@ -927,9 +927,9 @@ def _parse_response_py(data: bytes, pos: int, limit: int, /) -> _ResponseParts |
     blank = data.find(b"\r\n\r\n", pos, limit)
     if blank < 0:
         return None
-    start, stop = pos, blank + 4
-    eol = data.find(b"\r\n", start, stop)
-    line = data[start:eol]
+    stop = blank + 4
+    eol = data.find(b"\r\n", pos, stop)
+    line = data[pos:eol]
     first = _STATUS_LINES_SEEN.get(line)
     if first is None:
         m = _STATUS_LINE_RE.fullmatch(line)
