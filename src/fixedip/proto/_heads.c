@@ -107,15 +107,11 @@ static known_t known[] = {
     {"x-request-id", 0, NULL},
 };
 #define N_KNOWN (sizeof(known) / sizeof(known[0]))
-enum {
-    K_CONNECTION = 5,
-    K_CONTENT_LENGTH = 7,
-    K_HOST = 10,
-    K_TRANSFER_ENCODING = 24,
-    K_UPGRADE = 25,
-    K_TRANSFER_ENCODING_ = 26,
-    K_CONTENT_LENGTH_ = 27,
-};
+/* The shared objects of the names a head's framing depends on (set at import). */
+static PyObject *host_name, *content_length_name, *connection_name;
+static PyObject *not_fast[4]; /* names that send a head to llhttp (http1._NOT_FAST) */
+static const char *not_fast_names[4] = {
+    "transfer-encoding", "upgrade", "transfer_encoding", "content_length"};
 
 /* The known entry for a lowercase name, or NULL. */
 static known_t *
@@ -134,6 +130,15 @@ find_known(const char *lower, Py_ssize_t n)
 #else
 #define HASH_BYTES(p, n) _Py_HashBytes((p), (n))
 #endif
+
+/* The shared object of a name in `known` (which must hold it). */
+static PyObject *
+known_name(const char *name)
+{
+    known_t *k = find_known(name, (Py_ssize_t)strlen(name));
+    assert(k != NULL);
+    return k->obj;
+}
 
 /* memo tables: a line's bytes to what it parsed into ------------------------------------ */
 /* Open addressing with twice as many slots as entries, hashed with Python's keyed hash of
@@ -261,9 +266,10 @@ pair_of(PyObject *a, PyObject *b)
 /* Parse one field line data[p:e) into a new (field, lname) pair: NULL with no error set
  * when the one-pass parser leaves the line to llhttp. The pattern is http1._FIELD_LINE_RE:
  * a token, a colon, optional whitespace, then a value that is empty or starts with a
- * visible byte (trailing whitespace is kept). */
+ * visible byte (trailing whitespace is kept). `*memo`: whether the name is on the list
+ * of lines that may be remembered. */
 static PyObject *
-parse_field_line(const char *p, const char *e)
+parse_field_line(const char *p, const char *e, int *memo)
 {
     const char *q = p;
     while (q < e && (cls[(unsigned char)*q] & C_TOKEN))
@@ -288,6 +294,7 @@ parse_field_line(const char *p, const char *e)
             lower[i] = Py_TOLOWER(p[i]);
         k = find_known(lower, nlen);
     }
+    *memo = k != NULL && (k->flags & MEMO);
     PyObject *lname;
     if (k != NULL) {
         lname = Py_NewRef(k->obj);
@@ -371,17 +378,11 @@ field_line(const char *line, const char *eol)
         if (seen != NULL)
             return Py_NewRef(seen);
     }
-    PyObject *pair = parse_field_line(line, eol);
-    if (pair == NULL || n > LINE_MAX_BYTES)
-        return pair;
-    PyObject *lname = PyTuple_GET_ITEM(pair, 1);
-    for (size_t i = 0; i < N_KNOWN; i++) {
-        if (known[i].obj == lname) {
-            if ((known[i].flags & MEMO) && memo_put(&field_memo, line, n, h, pair) < 0)
-                Py_CLEAR(pair);
-            break;
-        }
-    }
+    int memo;
+    PyObject *pair = parse_field_line(line, eol, &memo);
+    if (pair != NULL && memo && n <= LINE_MAX_BYTES &&
+        memo_put(&field_memo, line, n, h, pair) < 0)
+        Py_CLEAR(pair);
     return pair;
 }
 
@@ -421,21 +422,20 @@ parse_fields(const char *p, const char *e, int http11, fields_t *out)
         PyList_SET_ITEM(headers, i, Py_NewRef(PyTuple_GET_ITEM(pair, 0)));
         PyList_SET_ITEM(lnames, i, Py_NewRef(lname));
         Py_DECREF(pair); /* the lists and the memo hold what it held */
-        if (lname == known[K_HOST].obj)
+        if (lname == host_name)
             hosts++;
-        else if (lname == known[K_CONTENT_LENGTH].obj) {
+        else if (lname == content_length_name) {
             cls_seen++;
             if (cl_at < 0)
                 cl_at = i;
         }
-        else if (lname == known[K_CONNECTION].obj) {
+        else if (lname == connection_name) {
             if (conn_at < 0)
                 conn_at = i;
             conns++;
         }
-        else if (lname == known[K_TRANSFER_ENCODING].obj || lname == known[K_UPGRADE].obj ||
-                 lname == known[K_TRANSFER_ENCODING_].obj ||
-                 lname == known[K_CONTENT_LENGTH_].obj)
+        else if (lname == not_fast[0] || lname == not_fast[1] || lname == not_fast[2] ||
+                 lname == not_fast[3])
             goto decline;
     }
     if (hosts > 1 || cls_seen > 1)
@@ -463,7 +463,7 @@ parse_fields(const char *p, const char *e, int http11, fields_t *out)
             close = 1;
         else {
             for (Py_ssize_t i = conn_at; i < count; i++) {
-                if (PyList_GET_ITEM(lnames, i) != known[K_CONNECTION].obj)
+                if (PyList_GET_ITEM(lnames, i) != connection_name)
                     continue;
                 value = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, i), 1);
                 if (!connection_tokens(value, &close, &keep))
@@ -797,7 +797,7 @@ listed_names(PyObject *headers, PyObject *lnames, span_t *small, Py_ssize_t nsma
     *spans = small;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *lk = PyList_GET_ITEM(lnames, i);
-        if (lk != known[K_CONNECTION].obj &&
+        if (lk != connection_name &&
             !(PyBytes_Check(lk) && bytes_is(lk, "connection")))
             continue;
         PyObject *field = PyList_GET_ITEM(headers, i);
@@ -1044,6 +1044,11 @@ PyInit__heads(void)
             (known[i].obj = PyBytes_FromString(known[i].name)) == NULL)
             return NULL;
     }
+    host_name = known_name("host");
+    content_length_name = known_name("content-length");
+    connection_name = known_name("connection");
+    for (int i = 0; i < 4; i++)
+        not_fast[i] = known_name(not_fast_names[i]);
     for (int i = 0; i < 7; i++) {
         if (methods[i] == NULL && (methods[i] = PyUnicode_InternFromString(method_names[i])) == NULL)
             return NULL;

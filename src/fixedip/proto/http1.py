@@ -1149,17 +1149,8 @@ def end_to_end(
     if lnames is None:
         lnames = [k.lower() for k, _ in headers]
     listed = connection_tokens(headers, lnames)
-    return [headers[i] for i in _kept(lnames, listed, drop, keep)]
-
-
-def _kept(
-    lnames: list[bytes],
-    listed: frozenset[bytes],
-    drop: frozenset[bytes],
-    keep: frozenset[bytes] | None,
-) -> tuple[int, ...]:
-    """The positions end_to_end keeps. They depend only on the names and the sets: the
-    same client and vendor send the same names request after request."""
+    # Which positions survive depends only on the names and the sets: the same client
+    # and vendor send the same names request after request.
     key = (tuple(lnames), listed, drop, keep)
     kept = _E2E_MEMO.get(key)
     if kept is None:
@@ -1176,7 +1167,7 @@ def _kept(
             )
         )
         remember(_E2E_MEMO, key, kept, _E2E_MEMO_SIZE)
-    return kept
+    return [headers[i] for i in kept]
 
 
 _E2E_MEMO: dict[
@@ -1213,8 +1204,7 @@ def _forward_head_py(
     /,
 ) -> bytes:
     """_heads.forward_head in Python."""
-    listed = connection_tokens(headers, lnames)
-    fields = [*before, *(headers[i] for i in _kept(lnames, listed, drop, keep)), *after]
+    fields = [*before, *end_to_end(headers, lnames, drop, keep), *after]
     return serialize_head(first_line, fields) + body
 
 
